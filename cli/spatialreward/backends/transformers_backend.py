@@ -1,0 +1,153 @@
+"""In-process Hugging Face transformers backend (Qwen3-VL)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+from ..config import Generation
+from ..errors import ConfigError, ModelNotFoundError
+from ..requests import Request
+from ..structured import schema_for
+from .base import Answer
+
+log = logging.getLogger("spatialreward")
+
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device in (None, "", "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    if device == "cpu":
+        log.warning("running on the CPU: expect minutes per edit with an 8B model (use a GPU: --device cuda)")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return getattr(torch, dtype), dtype
+
+
+def _not_found(model: str, revision: str | None, cause: Exception) -> ModelNotFoundError:
+    hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    rev = f" (revision {revision})" if revision else ""
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else cause.__class__.__name__
+    looks_local = model.startswith((".", "/", "~")) or os.sep in model.rstrip(os.sep).split(os.sep, 1)[-1]
+    if looks_local or Path(model).exists():
+        return ModelNotFoundError(f"model folder {model!r}{rev} cannot be loaded: {first[:300]}")
+    return ModelNotFoundError(
+        f"model {model!r}{rev} is not in the local Hugging Face cache (HF_HOME={hf_home}) and could not be "
+        f"fetched ({first[:200]}). Download it where the hub is reachable with `hf download {model}` and copy "
+        "the cache here (or set HF_HOME to it), or pass --model /path/to/a/local/copy."
+    )
+
+
+class TransformersBackend:
+    """Qwen3-VL through ``AutoModelForImageTextToText.generate``, batched with left padding."""
+
+    def __init__(self, model, processor, *, model_id: str, device: str, dtype: str):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.model_id = model_id
+        self.device = device
+        self.dtype = dtype
+        self.stop_ids = [i for i in (self.tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS) if i is not None]
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.stop_ids[-1]
+        self._grammars: dict = {}
+        self._compiler = None
+
+    @classmethod
+    def load(cls, model: str, *, revision: str | None = None, device: str = "auto", dtype: str = "auto",
+             generation: Generation | None = None) -> "TransformersBackend":
+        device = resolve_device(device)
+        torch_dtype, dtype_name = resolve_dtype(dtype, device)
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        try:
+            processor = AutoProcessor.from_pretrained(model, revision=revision)
+            net = AutoModelForImageTextToText.from_pretrained(model, revision=revision, dtype=torch_dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise _not_found(model, revision, exc) from exc
+        except Exception as exc:  # huggingface_hub errors that are not OSErrors
+            if exc.__class__.__module__.startswith(("huggingface_hub", "requests", "httpx")):
+                raise _not_found(model, revision, exc) from exc
+            raise
+        net.to(device).eval()
+        return cls(net, processor, model_id=model, device=device, dtype=dtype_name)
+
+    # -- constrained decoding -------------------------------------------------
+    def _grammar(self, kind: str, max_new_tokens: int):
+        key = (kind, max_new_tokens)
+        if key not in self._grammars:
+            import xgrammar as xgr
+
+            if self._compiler is None:
+                vocab = self.model.config.get_text_config().vocab_size
+                info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vocab, stop_token_ids=self.stop_ids)
+                self._compiler = xgr.GrammarCompiler(info)
+            schema = json.dumps(schema_for(kind, max_new_tokens))
+            self._grammars[key] = self._compiler.compile_json_schema(schema, any_whitespace=False, strict_mode=True)
+        return self._grammars[key]
+
+    # -- generation -----------------------------------------------------------
+    def generate(self, requests: Sequence[Request], generation: Generation, *, constrained: bool, seed: int) -> list[Answer]:
+        import torch
+
+        texts = [
+            self.processor.apply_chat_template(r.messages(), add_generation_prompt=True, tokenize=False)
+            for r in requests
+        ]
+        images = [image for r in requests for image in r.images]
+        size = {"longest_edge": generation.max_pixels, "shortest_edge": generation.min_pixels}
+        inputs = self.processor(
+            text=texts, images=images, padding=True, return_tensors="pt", images_kwargs={"size": size}
+        ).to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        kwargs = dict(
+            max_new_tokens=generation.max_new_tokens,
+            do_sample=generation.sampling,
+            top_p=generation.top_p,
+            top_k=generation.top_k,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+        )
+        if generation.sampling:
+            kwargs["temperature"] = generation.temperature
+            torch.manual_seed(seed)
+        if constrained:
+            import xgrammar as xgr
+
+            grammars = [self._grammar(r.kind, generation.max_new_tokens) for r in requests]
+            kwargs["logits_processor"] = [xgr.contrib.hf.LogitsProcessor(grammars)]
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **kwargs)
+        new_tokens = out[:, inputs["input_ids"].shape[1]:].tolist()
+        return [self._answer(row) for row in new_tokens]
+
+    def _answer(self, ids: list[int]) -> Answer:
+        finished = False
+        for i, token in enumerate(ids):
+            if token in self.stop_ids:
+                ids, finished = ids[:i], True
+                break
+        # Keep special tokens the model wrote (e.g. <think>, region markers): decode verbatim.
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        return Answer(text=text, tokens=len(ids), finished=finished)

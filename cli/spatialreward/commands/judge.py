@@ -1,0 +1,84 @@
+"""``spatialreward judge``: score a manifest of edits."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..config import load_config
+from ..manifest import read_manifest
+from ..summary import render_table
+from .options import (
+    aggregation_options,
+    config_option,
+    config_overrides,
+    generation_options,
+    model_options,
+    pass_params,
+    quiet_option,
+)
+from .progress import progress_bar
+
+
+@click.command()
+@click.argument("manifest")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Results JSONL (default: stdout). Re-running on it resumes; the summary goes to NAME.summary.json.")
+@click.option("--edited-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder manifests: judge the edited images in this folder instead of DIR/edited.")
+@click.option("--overwrite", is_flag=True, help="Start the output afresh instead of resuming.")
+@click.option("--retry-errors", is_flag=True, help="On resume, judge again the edits recorded as errors.")
+@click.option("--strict", is_flag=True, help="Stop at the first bad input (exit 3) instead of recording it.")
+@config_option
+@model_options
+@generation_options
+@aggregation_options
+@click.option("--backend", default="transformers", show_default=True, help="Model backend.")
+@quiet_option
+@pass_params
+def judge(params: dict) -> None:
+    """Judge every edit of MANIFEST: a JSONL file, a folder, or - for stdin.
+
+    \b
+    spatialreward judge edits.jsonl -o scores.jsonl
+    spatialreward judge evalset/ --edited-dir runs/model-b/ -o b.jsonl
+    """
+    from ..judge import Judge
+    from ..runner import run
+
+    config = load_config(params["config_file"], config_overrides(params))
+    output = Path(params["output"]) if params["output"] else None
+    samples = read_manifest(params["manifest"], edited_dir=params["edited_dir"])
+    _quiet_libraries()
+    engine = Judge.from_pretrained(config=config, device=params["device"], dtype=params["dtype"], backend=params["backend"])
+    with progress_bar(disable=params["quiet"]) as bar:
+        report = run(
+            engine, samples, output,
+            overwrite=params["overwrite"], retry_errors=params["retry_errors"], strict=params["strict"],
+            on_record=lambda record: bar.update(1),
+        )
+    if params["quiet"]:
+        return
+    table_stream = sys.stdout if output is not None else sys.stderr
+    notes = []
+    if report.skipped:
+        notes.append(f"resumed: {report.skipped} edits already in {output} were skipped")
+    if report.resume.repaired_tail:
+        notes.append("resumed: a torn last line or unfinished group from an interrupted run was removed")
+    if report.resume.dropped:
+        notes.append(f"--retry-errors: {report.resume.dropped} error records (and their groups) judged again")
+    for note in notes:
+        click.echo(note, err=True)
+    click.echo(render_table(report.summary), file=table_stream)
+    if report.summary_file:
+        click.echo(f"records: {output}  summary: {report.summary_file}", err=True)
+
+
+def _quiet_libraries() -> None:
+    """transformers' own progress bars and advice are noise in a CLI."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()

@@ -1,0 +1,225 @@
+"""Read edits from a JSONL manifest, a folder, or stdin, one at a time.
+
+Every problem with one line becomes a ``Sample`` carrying an ``InputError``
+that names the file and line; the other lines are still read. Only a manifest
+that cannot be opened at all raises ``ManifestError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import IO, Iterator
+
+from .constants import IMAGE_EXTENSIONS
+from .errors import InputError, ManifestError
+from .sample import Sample
+
+INSTRUCTION_KEYS = ("instruction", "prompt")
+SOURCE_KEYS = ("source", "input_image")
+EDITED_KEYS = ("edited", "output_image", "output_images")
+ID_KEYS = ("id",)
+FOLDER_NAME_KEYS = ("name", "id")
+
+
+def read_manifest(spec: str | Path, *, edited_dir: str | Path | None = None) -> Iterator[Sample]:
+    """Samples from ``spec``: a JSONL file, a folder, or ``-`` for stdin.
+
+    Multi-candidate lines (``edited`` a list) expand into one sample per
+    candidate sharing a ``group``. Duplicate ids are reported as input errors.
+    """
+    if str(spec) == "-":
+        if edited_dir is not None:
+            raise ManifestError("--edited-dir needs a folder manifest, not stdin")
+        samples = _read_jsonl(sys.stdin, "<stdin>", Path.cwd())
+    else:
+        path = Path(spec)
+        if path.is_dir():
+            samples = _read_folder(path, Path(edited_dir) if edited_dir else path / "edited")
+        elif path.is_file():
+            if edited_dir is not None:
+                raise ManifestError("--edited-dir needs a folder manifest (DIR/source, DIR/edited, DIR/instructions.jsonl)")
+            samples = _read_jsonl_file(path)
+        else:
+            raise ManifestError(f"manifest {path}: no such file or folder")
+    return _dedupe(samples)
+
+
+def _read_jsonl_file(path: Path) -> Iterator[Sample]:
+    try:
+        handle = path.open("r", encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ManifestError(f"manifest {path}: cannot open ({exc.strerror or exc})") from None
+    with handle:
+        yield from _read_jsonl(handle, str(path), path.resolve().parent)
+
+
+def _read_jsonl(handle: IO[str], name: str, base: Path) -> Iterator[Sample]:
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        origin = f"{name}:{number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield _bad(f"line-{number}", origin, f"invalid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not isinstance(entry, dict):
+            yield _bad(f"line-{number}", origin, "a manifest line must be a JSON object")
+            continue
+        yield from _entry_samples(entry, origin, base, number)
+
+
+def _bad(sample_id: str, origin: str, message: str, **fields) -> Sample:
+    sample = Sample(id=sample_id, source=fields.pop("source", None), edited=fields.pop("edited", None),
+                    instruction=fields.pop("instruction", None), origin=origin, **fields)
+    sample.error = InputError(f"{origin}: {message}")
+    return sample
+
+
+def _first(entry: dict, keys: tuple[str, ...]):
+    for key in keys:
+        if key in entry:
+            return key, entry[key]
+    return None, None
+
+
+def _resolve(value, base: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path))
+
+
+def _derived_id(source, edited, instruction) -> str:
+    text = json.dumps([source, edited, instruction], ensure_ascii=False)
+    return "e-" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _entry_samples(entry: dict, origin: str, base: Path, number: int) -> Iterator[Sample]:
+    id_key, raw_id = _first(entry, ID_KEYS)
+    instr_key, instruction = _first(entry, INSTRUCTION_KEYS)
+    src_key, source = _first(entry, SOURCE_KEYS)
+    ed_key, edited = _first(entry, EDITED_KEYS)
+    meta = {k: v for k, v in entry.items() if k not in {id_key, instr_key, src_key, ed_key}}
+    sample_id = str(raw_id) if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id) else None
+    fallback_id = sample_id or f"line-{number}"
+
+    problem = None
+    if raw_id is not None and sample_id is None:
+        problem = "'id' must be a non-empty string or integer"
+    elif source is None:
+        problem = "missing field 'source' (or 'input_image')"
+    elif edited is None:
+        problem = "missing field 'edited' (or 'output_image' / 'output_images')"
+    elif instruction is None:
+        problem = "missing field 'instruction' (or 'prompt')"
+    elif not isinstance(instruction, str) or not instruction.strip():
+        problem = "empty instruction" if isinstance(instruction, str) else "'instruction' must be a string"
+    if problem is None and isinstance(source, list):
+        if len(source) != 1:
+            problem = f"'{src_key}' lists {len(source)} source images; exactly one is supported"
+        else:
+            source = source[0]
+    if problem is None and (not isinstance(source, str) or not source):
+        problem = f"'{src_key}' must be a path"
+    candidates = edited if isinstance(edited, list) else [edited]
+    if problem is None and (not candidates or not all(isinstance(c, str) and c for c in candidates)):
+        problem = f"'{ed_key}' must be a path or a non-empty list of paths"
+    if problem is not None:
+        yield _bad(fallback_id, origin, problem, meta=meta,
+                   instruction=instruction if isinstance(instruction, str) else None)
+        return
+
+    source = _resolve(source, base)
+    resolved = [_resolve(c, base) for c in candidates]
+    sample_id = sample_id or _derived_id(source, resolved if isinstance(edited, list) else resolved[0], instruction)
+    yield from _expand(sample_id, source, resolved, isinstance(edited, list), instruction.strip(), meta, origin)
+
+
+def _expand(sample_id, source, edited: list[str], grouped: bool, instruction, meta, origin) -> Iterator[Sample]:
+    if not grouped:
+        yield Sample(id=sample_id, source=source, edited=edited[0], instruction=instruction, meta=meta, origin=origin)
+        return
+    for k, path in enumerate(edited):
+        yield Sample(
+            id=f"{sample_id}#{k}", source=source, edited=path, instruction=instruction, meta=meta, origin=origin,
+            group=sample_id, group_size=len(edited), candidate=k,
+        )
+
+
+def _find_image(folder: Path, name: str) -> tuple[Path | None, str | None]:
+    found = [folder / f"{name}{ext}" for ext in IMAGE_EXTENSIONS if (folder / f"{name}{ext}").is_file()]
+    if len(found) > 1:
+        return None, f"several images named {name}.* in {folder}"
+    return (found[0], None) if found else (None, None)
+
+
+def _read_folder(root: Path, edited_root: Path) -> Iterator[Sample]:
+    instructions = root / "instructions.jsonl"
+    if not instructions.is_file():
+        raise ManifestError(
+            f"folder manifest {root}: missing instructions.jsonl (one line per edit: "
+            '{"name": NAME, "instruction": "..."}, images in source/NAME.* and edited/NAME.*)'
+        )
+    if not edited_root.is_dir():
+        raise ManifestError(f"folder manifest {root}: edited folder {edited_root} does not exist")
+    with instructions.open("r", encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            origin = f"{instructions}:{number}"
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield _bad(f"line-{number}", origin, f"invalid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            if not isinstance(entry, dict):
+                yield _bad(f"line-{number}", origin, "a line must be a JSON object")
+                continue
+            name_key, name = _first(entry, FOLDER_NAME_KEYS)
+            instr_key, instruction = _first(entry, INSTRUCTION_KEYS)
+            meta = {k: v for k, v in entry.items() if k not in {name_key, instr_key}}
+            if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+                yield _bad(f"line-{number}", origin, "missing or invalid 'name' (the image file stem)", meta=meta)
+                continue
+            if not isinstance(instruction, str) or not instruction.strip():
+                yield _bad(name, origin, "missing or empty 'instruction'", meta=meta)
+                continue
+            source, problem = _find_image(root / "source", name)
+            if source is None:
+                yield _bad(name, origin, problem or f"no source image {root / 'source' / name}.*", meta=meta,
+                           instruction=instruction)
+                continue
+            edited, problem = _find_image(edited_root, name)
+            if problem:
+                yield _bad(name, origin, problem, meta=meta, instruction=instruction)
+                continue
+            if edited is not None:
+                yield from _expand(name, str(source), [str(edited)], False, instruction.strip(), meta, origin)
+                continue
+            folder = edited_root / name
+            candidates = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
+            if not candidates:
+                yield _bad(name, origin, f"no edited image {edited_root / name}.* nor images in {folder}/", meta=meta,
+                           instruction=instruction, source=str(source))
+                continue
+            yield from _expand(name, str(source), [str(c) for c in candidates], True, instruction.strip(), meta, origin)
+
+
+def _dedupe(samples: Iterator[Sample]) -> Iterator[Sample]:
+    """Flag repeated ids. Keeps one 8-byte digest per id seen (the only state
+    that grows with the manifest)."""
+    seen: set[bytes] = set()
+    for sample in samples:
+        key = hashlib.blake2b(sample.id.encode("utf-8"), digest_size=8).digest()
+        if key in seen:
+            first = sample.origin or "?"
+            sample.error = InputError(f"{first}: duplicate id {sample.id!r} (already used by an earlier line)")
+            sample.id = f"{sample.id}@{first.rsplit(':', 1)[-1]}"
+            sample.group = None
+            sample.group_size = None
+            sample.candidate = None
+        else:
+            seen.add(key)
+        yield sample

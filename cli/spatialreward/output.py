@@ -1,0 +1,166 @@
+"""The JSONL results file: append-only writing that survives SIGKILL, and resume.
+
+Each write is one ``os.write`` of complete lines (a multi-candidate group is
+written whole, once ranked), so a killed run leaves at most one torn last
+line. On resume the file is scanned once: a torn last line or an incomplete
+trailing group is cut off, records from another config are refused, and the
+ids already recorded are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import OutputConflictError
+
+
+def id_key(sample_id: str) -> bytes:
+    return hashlib.blake2b(sample_id.encode("utf-8"), digest_size=8).digest()
+
+
+@dataclass
+class ResumeState:
+    done: set[bytes] = field(default_factory=set)
+    kept: int = 0  # records already in the file
+    repaired_tail: bool = False  # a torn line or incomplete group was cut off
+    dropped: int = 0  # records removed for --retry-errors (errors and their groups)
+
+
+def _scan(path: Path, config_hash: str) -> tuple[int, int, int]:
+    """(bytes of complete content, records kept, byte offset of a trailing incomplete group or -1)."""
+    good_end = 0
+    kept = 0
+    group, group_start, group_count, group_size = None, -1, 0, 0
+    with path.open("rb") as handle:
+        offset = 0
+        for number, line in enumerate(handle, start=1):
+            start, offset = offset, offset + len(line)
+            try:
+                record = json.loads(line) if line.endswith(b"\n") else None
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or "id" not in record:
+                if handle.read(1):
+                    raise OutputConflictError(
+                        f"{path}:{number}: not a spatialreward record; fix the file, or use --overwrite or another -o"
+                    )
+                break  # torn last line
+            if record.get("config_hash") != config_hash:
+                raise OutputConflictError(
+                    f"{path}:{number}: recorded under config {record.get('config_hash')!r}, this run is "
+                    f"{config_hash!r} (different model, prompts, decoding or aggregation): use --overwrite to "
+                    "start fresh or write to another -o"
+                )
+            if record.get("group") is not None:
+                if record["group"] != group:
+                    group, group_start, group_count = record["group"], start, 0
+                    group_size = int(record.get("group_size") or 0)
+                group_count += 1
+            else:
+                group, group_count, group_size = None, 0, 0
+            good_end = offset
+            kept += 1
+    incomplete = group_start if group is not None and group_count < group_size else -1
+    return good_end, kept, incomplete
+
+
+def prepare(path: Path, config_hash: str, *, overwrite: bool, retry_errors: bool) -> ResumeState:
+    """Make ``path`` ready to append to and return what it already holds."""
+    state = ResumeState()
+    if overwrite or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        return state
+    size = path.stat().st_size
+    good_end, kept, incomplete = _scan(path, config_hash)
+    cut = incomplete if incomplete >= 0 else good_end
+    if cut < size:
+        with path.open("r+b") as handle:
+            handle.truncate(cut)
+        state.repaired_tail = True
+    if retry_errors:
+        state.dropped = _drop_errors(path)
+    with path.open("rb") as handle:
+        for line in handle:
+            record = json.loads(line)
+            state.done.add(id_key(record["id"]))
+            state.kept += 1
+    return state
+
+
+def _drop_errors(path: Path) -> int:
+    """Rewrite ``path`` without error records (and without any group holding
+    one, so the group is re-judged and re-ranked whole)."""
+    tmp = path.with_name(path.name + ".tmp")
+    dropped = 0
+    with path.open("rb") as src, tmp.open("wb") as dst:
+        pending: list[tuple[bytes, dict]] = []
+
+        def flush() -> None:
+            nonlocal dropped
+            if any(r["status"] != "ok" for _, r in pending):
+                dropped += len(pending)
+            else:
+                dst.write(b"".join(line for line, _ in pending))
+            pending.clear()
+
+        for line in src:
+            record = json.loads(line)
+            if pending and (record.get("group") is None or record.get("group") != pending[0][1].get("group")):
+                flush()
+            pending.append((line, record))
+        if pending:
+            flush()
+    os.replace(tmp, path)
+    return dropped
+
+
+class RecordWriter:
+    """Appends records as JSON lines, each batch with a single ``os.write``."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if path else None
+
+    def write(self, records: list[dict]) -> None:
+        data = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records).encode("utf-8")
+        if self._fd is None:
+            import sys
+
+            sys.stdout.write(data.decode("utf-8"))
+            sys.stdout.flush()
+            return
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def summary_path(output: Path) -> Path:
+    """``scores.jsonl`` -> ``scores.summary.json`` next to it."""
+    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
+    return output.with_name(f"{stem}.summary.json")
+
+
+def iter_records(path: Path):
+    """Records of a results file, one at a time; raises ValueError naming a bad line."""
+    with path.open("r", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{path}:{number}: invalid JSON ({exc})") from None
+            if not isinstance(record, dict) or "status" not in record or "id" not in record:
+                raise ValueError(f"{path}:{number}: not a spatialreward record")
+            yield record

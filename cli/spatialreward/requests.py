@@ -1,0 +1,36 @@
+"""Turn one edit into the model's two chat requests, in the published order.
+
+SC: one user turn with the source image, the edited image, then the SC prompt
+with the instruction. PQ: one user turn with the edited image, then the PQ
+prompt. Both are rendered by the model's own chat template (in the backend).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .prompts import render_pq, render_sc
+
+SC, PQ = "sc", "pq"
+
+
+@dataclass(frozen=True)
+class Request:
+    kind: str  # "sc" or "pq"
+    images: tuple[Image.Image, ...]
+    prompt: str
+
+    def messages(self) -> list[dict]:
+        content = [{"type": "image"} for _ in self.images]
+        content.append({"type": "text", "text": self.prompt})
+        return [{"role": "user", "content": content}]
+
+
+def sc_request(source: Image.Image, edited: Image.Image, instruction: str) -> Request:
+    return Request(SC, (source, edited), render_sc(instruction))
+
+
+def pq_request(edited: Image.Image) -> Request:
+    return Request(PQ, (edited,), render_pq())
