@@ -3,7 +3,7 @@
 Exit codes (the same for every command):
   0  completed (``check``/``gate``: passed)
   1  completed, verdict failed (``check``/``gate`` only)
-  2  usage error (bad flag or argument)
+  2  usage error (bad flag, argument or configuration value)
   3  fatal error: the run could not be done (model not found, unreadable
      manifest or scores file, invalid config, output conflict, ``--strict``
      stop at bad input)
@@ -25,6 +25,8 @@ class SpatialRewardError(Exception):
 
 class ConfigError(SpatialRewardError):
     """A config file or value is invalid (unknown key, out-of-range value)."""
+
+    exit_code = EXIT_USAGE
 
 
 class ModelNotFoundError(SpatialRewardError):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import warnings
+import contextlib
+import threading
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -10,7 +11,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .constants import MAX_IMAGE_PIXELS
 from .errors import InputError
 
-ImageLike = "str | Path | Image.Image"
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _own_size_limit():
+    """Replace Pillow's decompression-bomb check by ``_check_size`` (which names
+    the file, the size and the limit, and honours a raised limit)."""
+    with _PIL_LIMIT_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def load_image(source, *, max_pixels: int = MAX_IMAGE_PIXELS, role: str = "image") -> Image.Image:
@@ -34,16 +47,16 @@ def load_image(source, *, max_pixels: int = MAX_IMAGE_PIXELS, role: str = "image
     if path.stat().st_size == 0:
         raise InputError(f"{role} {name}: empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                _check_size(image.size, max_pixels, role, name)
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                return image.convert("RGB")
+        with _own_size_limit():  # only the header is read here
+            image = Image.open(path)
+        with image:
+            _check_size(image.size, max_pixels, role, name)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return image.convert("RGB")
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except UnidentifiedImageError as exc:
         raise InputError(f"{role} {name}: not a readable image ({exc.__class__.__name__})") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{role} {name}: corrupt or truncated image ({exc})") from None

@@ -37,7 +37,9 @@ def read_manifest(spec: str | Path, *, edited_dir: str | Path | None = None) -> 
     else:
         path = Path(spec)
         if path.is_dir():
-            samples = _read_folder(path, Path(edited_dir) if edited_dir else path / "edited")
+            edited_root = Path(edited_dir) if edited_dir else path / "edited"
+            _check_folder(path, edited_root)
+            samples = _read_folder(path, edited_root)
         elif path.is_file():
             if edited_dir is not None:
                 raise ManifestError("--edited-dir needs a folder manifest (DIR/source, DIR/edited, DIR/instructions.jsonl)")
@@ -155,15 +157,19 @@ def _find_image(folder: Path, name: str) -> tuple[Path | None, str | None]:
     return (found[0], None) if found else (None, None)
 
 
-def _read_folder(root: Path, edited_root: Path) -> Iterator[Sample]:
-    instructions = root / "instructions.jsonl"
-    if not instructions.is_file():
+def _check_folder(root: Path, edited_root: Path) -> None:
+    """Fail at once (before any model loads) when the folder layout is wrong."""
+    if not (root / "instructions.jsonl").is_file():
         raise ManifestError(
             f"folder manifest {root}: missing instructions.jsonl (one line per edit: "
             '{"name": NAME, "instruction": "..."}, images in source/NAME.* and edited/NAME.*)'
         )
     if not edited_root.is_dir():
         raise ManifestError(f"folder manifest {root}: edited folder {edited_root} does not exist")
+
+
+def _read_folder(root: Path, edited_root: Path) -> Iterator[Sample]:
+    instructions = root / "instructions.jsonl"
     with instructions.open("r", encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():

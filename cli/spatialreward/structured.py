@@ -41,8 +41,18 @@ def bounds_for(max_new_tokens: int) -> Bounds:
     )
 
 
+_CHAR = "[^\"\\\\\\x00-\\x1f\\x7f]"  # no quote, backslash or control character
+_CHUNK = 100  # xgrammar refuses single repetition counts much above 128
+
+
 def _string(max_chars: int) -> dict:
-    return {"type": "string", "pattern": "^[^\"\\\\\\x00-\\x1f\\x7f]{0,%d}$" % max_chars}
+    """A string of at most ``max_chars`` characters (rounded down to a multiple
+    of 100 above 100, written as nested repetitions xgrammar can compile)."""
+    if max_chars <= _CHUNK:
+        body = "%s{0,%d}" % (_CHAR, max_chars)
+    else:
+        body = "(%s{0,%d}){0,%d}" % (_CHAR, _CHUNK, max_chars // _CHUNK)
+    return {"type": "string", "pattern": "^" + body + "$"}
 
 
 def _score() -> dict:

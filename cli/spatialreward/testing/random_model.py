@@ -160,8 +160,12 @@ def build(out_dir: str | Path, arch: dict | None = None, seed: int = 0, dtype: s
         # Spread the random logits so greedy decoding does not collapse onto one token.
         with torch.no_grad():
             model.lm_head.weight.normal_(0.0, 1.0)
-    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    # Qwen3-VL-Instruct ships sampling defaults; the judge must override them
+    # with the published greedy decoding (tests check it does).
+    gc = model.generation_config
+    gc.do_sample, gc.temperature, gc.top_p, gc.top_k = True, 0.7, 0.8, 20
+    gc.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    gc.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out)
 
     processor = Qwen3VLProcessor(

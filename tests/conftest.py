@@ -1,0 +1,111 @@
+"""Shared fixtures: an isolated Hugging Face environment, a tiny random-weight
+Qwen3-VL built offline once per session, and real photos edited by code."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = REPO.parent / "shared" / "reference"
+
+# huggingface_hub reads these once, at import: set them before anything imports
+# it (session fixtures run before the per-test autouse fixture below).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="spatialreward-hf-home-")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory, monkeypatch):
+    """No hub access and no shared caches: every test sees an empty HF_HOME."""
+    home = tmp_path_factory.mktemp("hf_home")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("SPATIALREWARD_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random-weight Qwen3-VL (2 text layers, 2 vision blocks) with a
+    byte-level tokenizer and the real Qwen3-VL processor, saved to disk."""
+    from spatialreward.testing.random_model import build
+
+    return build(tmp_path_factory.mktemp("tiny-qwen3-vl"))
+
+
+def _photo(name: str):
+    from PIL import Image
+    from skimage import data
+
+    return Image.fromarray(getattr(data, name)()).convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    """Real photos (scikit-image's bundled data) and edits made by code.
+
+    landscape: coffee (600x400); portrait: a crop of astronaut (300x512).
+    """
+    from PIL import ImageDraw, ImageFilter, ImageOps
+
+    root = tmp_path_factory.mktemp("photos")
+    coffee = _photo("coffee")
+    astronaut = _photo("astronaut").crop((100, 0, 400, 512))
+    out = {}
+
+    def save(name, image):
+        path = root / name
+        image.save(path)
+        out[path.stem] = path
+
+    save("coffee.png", coffee)
+    red = coffee.copy()
+    ImageDraw.Draw(red).rectangle([380, 120, 520, 260], fill=(220, 20, 20))
+    save("coffee_red_square.png", red)
+    save("coffee_gray.jpg", ImageOps.grayscale(coffee).convert("RGB"))
+    save("coffee_blur.png", coffee.filter(ImageFilter.GaussianBlur(6)))
+    save("astronaut.png", astronaut)
+    save("astronaut_mirror.png", ImageOps.mirror(astronaut))
+    return out
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def spatialreward_exe() -> str:
+    """The installed console script (the test venv's), as a user would run it."""
+    exe = shutil.which("spatialreward", path=str(Path(sys.executable).parent)) or shutil.which("spatialreward")
+    assert exe, "the spatialreward command is not installed (pip install .)"
+    return exe
+
+
+def run_cli(*args, input: str | None = None, cwd=None, timeout: int = 600, env: dict | None = None):
+    """Run the installed ``spatialreward`` command; return the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [spatialreward_exe(), *map(str, args)],
+        input=input, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=full_env,
+    )
+
+
+# Generation flags that keep the tiny model fast on a CPU.
+FAST = ["--max-new-tokens", "160", "--device", "cpu"]

@@ -1,0 +1,127 @@
+"""The transformers backend on the tiny random-weight Qwen3-VL: chat template,
+batching with left padding, greedy fidelity, constrained decoding."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from spatialreward.backends.transformers_backend import TransformersBackend
+from spatialreward.config import Generation
+from spatialreward.errors import ModelNotFoundError
+from spatialreward.parse import parse_pq, parse_sc
+from spatialreward.prompts import render_pq, render_sc
+from spatialreward.requests import pq_request, sc_request
+
+GEN = Generation(max_new_tokens=48)
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    return TransformersBackend.load(str(tiny_model), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def images(photos):
+    return {name: Image.open(path).convert("RGB") for name, path in photos.items()}
+
+
+def test_chat_template_renders_published_message_order(backend, images):
+    request = sc_request(images["coffee"], images["coffee_gray"], "Make it grayscale")
+    text = backend.processor.apply_chat_template(request.messages(), add_generation_prompt=True, tokenize=False)
+    # source image, edited image, then the SC prompt, in one user turn
+    assert text.startswith("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+                           "<|vision_start|><|image_pad|><|vision_end|>" + render_sc("Make it grayscale"))
+    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    pq = pq_request(images["coffee_gray"])
+    text = backend.processor.apply_chat_template(pq.messages(), add_generation_prompt=True, tokenize=False)
+    assert text == ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>" + render_pq()
+                    + "<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_pixel_budget_is_applied(backend, images):
+    """A 600x400 photo under max_pixels 589824 keeps its size rounded to 32s;
+    with a budget of 64*64 it is shrunk to fit."""
+    request = pq_request(images["coffee"])
+    text = backend.processor.apply_chat_template(request.messages(), add_generation_prompt=True, tokenize=False)
+    full = backend.processor(text=[text], images=[images["coffee"]], return_tensors="pt",
+                             images_kwargs={"size": {"longest_edge": 589824, "shortest_edge": 3136}})
+    t, h, w = full["image_grid_thw"][0].tolist()
+    assert (h * 16, w * 16) == (384, 608)  # 400x600 rounded to multiples of 32 (round half to even)
+    small = backend.processor(text=[text], images=[images["coffee"]], return_tensors="pt",
+                              images_kwargs={"size": {"longest_edge": 64 * 64, "shortest_edge": 3136}})
+    t, h, w = small["image_grid_thw"][0].tolist()
+    assert h * 16 * w * 16 <= 64 * 64
+
+
+def test_batched_equals_unbatched(backend, images):
+    """Left padding: a mixed batch (landscape and portrait, different lengths)
+    gives exactly the answers each request gives alone."""
+    requests = [
+        sc_request(images["coffee"], images["coffee_red_square"], "Add a red square"),
+        sc_request(images["astronaut"], images["astronaut_mirror"], "Mirror the photo horizontally, please"),
+        sc_request(images["coffee"], images["coffee_blur"], "Blur"),
+    ]
+    batched = backend.generate(requests, GEN, constrained=False, seed=0)
+    alone = [backend.generate([r], GEN, constrained=False, seed=0)[0] for r in requests]
+    assert [a.text for a in batched] == [a.text for a in alone]
+    assert all(a.tokens > 0 for a in batched)
+
+
+def test_greedy_overrides_the_models_sampling_defaults(backend, images):
+    """The tiny model ships do_sample=True like Qwen3-VL; the judge decodes greedily."""
+    assert backend.model.generation_config.do_sample is True
+    request = [pq_request(images["coffee_blur"])]
+    first = backend.generate(request, GEN, constrained=False, seed=1)[0].text
+    second = backend.generate(request, GEN, constrained=False, seed=2)[0].text
+    assert first == second
+
+
+def test_sampling_depends_on_seed(backend, images):
+    sampling = Generation(max_new_tokens=24, temperature=1.0, passes=2)
+    request = [pq_request(images["coffee_blur"])]
+    a = backend.generate(request, sampling, constrained=False, seed=1)[0].text
+    b = backend.generate(request, sampling, constrained=False, seed=1)[0].text
+    c = backend.generate(request, sampling, constrained=False, seed=99)[0].text
+    assert a == b
+    assert a != c
+
+
+def test_constrained_answers_parse_strictly(backend, images):
+    """Under the grammar even random weights give schema-valid, strict JSON."""
+    gen = Generation(max_new_tokens=160)
+    requests = [
+        sc_request(images["coffee"], images["coffee_red_square"], "Add a red square"),
+        pq_request(images["coffee_red_square"]),
+        sc_request(images["astronaut"], images["astronaut_mirror"], "Mirror it"),
+    ]
+    answers = backend.generate(requests, gen, constrained=True, seed=0)
+    assert all(a.finished for a in answers)
+    for request, answer in zip(requests, answers):
+        json.loads(answer.text)  # strict JSON, no control characters
+        if request.kind == "sc":
+            parsed = parse_sc(answer.text, reorder_boxes=True)
+            assert all(0 <= v <= 1000 for r in parsed.regions for v in r.bbox_2d)
+        else:
+            parsed = parse_pq(answer.text)
+            assert 0 <= parsed.naturalness <= 25
+
+
+def test_unconstrained_random_answer_does_not_parse(backend, images):
+    """The random model's free text is not a judgment: this is what `auto` repairs."""
+    answer = backend.generate([pq_request(images["coffee"])], GEN, constrained=False, seed=0)[0]
+    with pytest.raises(Exception):
+        parse_pq(answer.text)
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelNotFoundError) as info:
+        TransformersBackend.load("SpatialReward/SpatialReward-8B", device="cpu", dtype="float32")
+    message = str(info.value)
+    assert "not in the local Hugging Face cache" in message
+    assert "hf download SpatialReward/SpatialReward-8B" in message
+    with pytest.raises(ModelNotFoundError) as info:
+        TransformersBackend.load(str(tmp_path / "nowhere"), device="cpu", dtype="float32")
+    assert "nowhere" in str(info.value)
