@@ -44,6 +44,7 @@ class JudgeResult:
     sc: list[Judgment] = field(default_factory=list)  # one per pass
     pq: list[Judgment] = field(default_factory=list)
     edited_size: tuple[int, int] | None = None  # (width, height) of the edited image
+    judge: "Judge | None" = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -56,6 +57,15 @@ class JudgeResult:
     @property
     def repaired(self) -> bool:
         return any(j.repaired for j in self.sc + self.pq)
+
+    def to_record(self) -> dict:
+        """The JSON record ``spatialreward judge`` writes for this result."""
+        from .records import build_record
+
+        if self.judge is None:
+            raise ValueError("to_record() needs a result produced by a Judge")
+        return build_record(self, model=self.judge.config.model, judge_hash=self.judge.judge_hash,
+                            config_hash=self.judge.config_hash)
 
     def pass_scores(self) -> list[Scores]:
         return [
@@ -125,7 +135,7 @@ class Judge:
 
     # -- pipeline ---------------------------------------------------------------
     def _judge_batch(self, samples: list[Sample]) -> list[JudgeResult]:
-        results = [JudgeResult(sample=s, error=s.error) for s in samples]
+        results = [JudgeResult(sample=s, error=s.error, judge=self) for s in samples]
         images: dict[int, tuple] = {}
         for i, result in enumerate(results):
             if result.error is None:

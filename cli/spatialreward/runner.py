@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import StrictStop
-from .judge import Judge, JudgeResult
+from .judge import Judge
 from .output import RecordWriter, ResumeState, id_key, iter_records, prepare, summary_path
-from .records import build_record, rank_group
+from .records import rank_group
 from .sample import Sample
 from .summary import SummaryBuilder, summarize
 
@@ -78,7 +78,7 @@ def run(
         for result in judge.score_many(counted(samples)):
             if strict and result.error is not None and result.error.stage == "input":
                 raise StrictStop(f"--strict: {result.error.message}")
-            record = _record(judge, result)
+            record = result.to_record()
             if group and record.get("group") != group[0]["group"]:
                 written += _flush_group(writer, group, on_record)
             if record.get("group") is not None:
@@ -101,10 +101,6 @@ def run(
         summary_file = summary_path(output)
         summary_file.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return RunReport(summary=summary, written=written, skipped=skipped, resume=resume, summary_file=summary_file)
-
-
-def _record(judge: Judge, result: JudgeResult) -> dict:
-    return build_record(result, model=judge.config.model, judge_hash=judge.judge_hash, config_hash=judge.config_hash)
 
 
 def _flush_group(writer: RecordWriter, group: list[dict], on_record) -> int:
