@@ -49,11 +49,13 @@ def main() -> None:
 
 
 def _register() -> None:
+    from .check import check
     from .judge import judge
     from .rescore import rescore
 
     main.add_command(judge)
     main.add_command(rescore)
+    main.add_command(check)
 
 
 _register()

@@ -1,0 +1,82 @@
+"""``spatialreward check``: judge one edit and print a readable verdict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..config import load_config
+from ..errors import EXIT_ERROR, EXIT_FAILED, EXIT_OK
+from ..explain import verdict_lines
+from .options import (
+    aggregation_options,
+    config_option,
+    config_overrides,
+    generation_options,
+    model_options,
+    pass_params,
+)
+
+
+@click.command()
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("edited", type=click.Path(dir_okay=False))
+@click.argument("instruction")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON record `judge` would write.")
+@click.option("--overlay", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write a side-by-side picture (source | edited with the predicted regions) to this PNG.")
+@config_option
+@model_options
+@generation_options
+@aggregation_options
+@click.option("--backend", default="transformers", show_default=True, help="Model backend.")
+@pass_params
+def check(params: dict) -> None:
+    """Judge one edit: SOURCE and EDITED images, and the INSTRUCTION.
+
+    Exit status: 0 the edit passes the threshold, 1 it does not, 3 it could not
+    be judged (bad image, model or parse error), 2 usage error.
+
+    \b
+    spatialreward check cat.png cat_no_dog.png "Remove the dog" --overlay verdict.png
+    """
+    from ..judge import Judge
+
+    config = load_config(params["config_file"], config_overrides(params))
+    from .judge import _quiet_libraries
+
+    _quiet_libraries()
+    engine = Judge.from_pretrained(config=config, device=params["device"], dtype=params["dtype"], backend=params["backend"])
+    result = engine.score(params["source"], params["edited"], params["instruction"])
+    record = result.to_record()
+    if params["as_json"]:
+        click.echo(json.dumps(record, ensure_ascii=False, indent=2))
+    else:
+        for line in verdict_lines(record, config.threshold, style=click.style):
+            click.echo(line)
+    if params["overlay"]:
+        _write_overlay(params, record, config.threshold)
+    if not result.ok:
+        click.echo(f"Error: the edit could not be judged ({result.error.stage}): {result.error.message}", err=True)
+        raise click.exceptions.Exit(EXIT_ERROR)
+    raise click.exceptions.Exit(EXIT_OK if record["reward"] >= config.threshold else EXIT_FAILED)
+
+
+def _write_overlay(params: dict, record: dict, threshold: float) -> None:
+    from ..errors import InputError
+    from ..images import load_image
+    from ..overlay import render_overlay
+
+    try:
+        source = load_image(params["source"], role="source")
+        edited = load_image(params["edited"], role="edited")
+    except InputError as exc:
+        click.echo(f"no overlay: {exc.message}", err=True)
+        return
+    picture, _ = render_overlay(source, edited, record, threshold=threshold)
+    path = Path(params["overlay"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+    click.echo(f"overlay: {path}", err=True)
