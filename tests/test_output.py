@@ -20,6 +20,8 @@ def rec(rid, status="ok", group=None, group_size=None, config_hash=HASH, **extra
     record = {"id": rid, "status": status, "reward": 0.5 if status == "ok" else None, "config_hash": config_hash}
     if status != "ok":
         record["error"] = {"stage": "parse", "message": "bad"}
+    else:
+        record["scores"] = {"success": 20, "overediting": 20, "naturalness": 20, "artifacts": 20}
     if group is not None:
         record.update(group=group, group_size=group_size, candidate=int(rid.rsplit("#", 1)[-1]), rank=None)
     record.update(extra)

@@ -161,6 +161,31 @@ def iter_records(path: Path):
                 record = json.loads(line)
             except ValueError as exc:
                 raise ValueError(f"{path}:{number}: invalid JSON ({exc})") from None
-            if not isinstance(record, dict) or "status" not in record or "id" not in record:
-                raise ValueError(f"{path}:{number}: not a spatialreward record")
+            problem = record_problem(record)
+            if problem:
+                raise ValueError(f"{path}:{number}: not a valid spatialreward record ({problem})")
             yield record
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def record_problem(record) -> str | None:
+    """Why ``record`` is not a usable judge record, or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if not isinstance(record.get("id"), str):
+        return "no 'id'"
+    status = record.get("status")
+    if status == "ok":
+        if not _number(record.get("reward")) or not 0 <= record["reward"] <= 1:
+            return "ok record without a reward in [0, 1]"
+        scores = record.get("scores")
+        dims = ("success", "overediting", "naturalness", "artifacts")
+        if not isinstance(scores, dict) or not all(_number(scores.get(d)) for d in dims):
+            return "ok record without its four raw scores"
+        return None
+    if status == "error":
+        return None if isinstance(record.get("error"), dict) else "error record without an 'error' object"
+    return f"status must be 'ok' or 'error', not {status!r}"
