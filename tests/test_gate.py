@@ -239,3 +239,10 @@ def test_gate_on_a_real_judged_run(tmp_path, tiny_model, photos):
     assert run_cli("gate", scores, "--min-mean-reward", f"{mean - 1e-6:.6f}").returncode == 0
     failed = run_cli("gate", scores, "--min-mean-reward", f"{min(1.0, mean + 1e-3):.6f}")
     assert failed.returncode == 1 and "FAIL" in failed.stdout
+
+
+def test_summary_md_in_a_new_folder(tmp_path):
+    md = tmp_path / "reports" / "ci" / "gate.md"
+    result = gate(tmp_path, RUN, "--summary-md", str(md))
+    assert result.exit_code == 0, result.output
+    assert md.read_text().startswith("## ✅")

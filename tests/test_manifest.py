@@ -459,3 +459,18 @@ def test_folder_missing_instructions_fails_at_call(folder):
 def test_folder_missing_edited_dir(folder, tmp_path):
     with pytest.raises(ManifestError):
         list(read_manifest(folder, edited_dir=tmp_path / "nowhere"))
+
+
+def test_folder_manifest_given_relative_records_absolute_paths(tmp_path, monkeypatch):
+    root = tmp_path / "evalset"
+    (root / "source").mkdir(parents=True)
+    (root / "edited").mkdir()
+    other = tmp_path / "runs" / "pr"
+    other.mkdir(parents=True)
+    for folder in (root / "source", root / "edited", other):
+        (folder / "cup.png").write_bytes(b"x")
+    (root / "instructions.jsonl").write_text('{"name": "cup", "instruction": "Add a cup"}\n')
+    monkeypatch.chdir(tmp_path)
+    [sample] = list(read_manifest("evalset", edited_dir="runs/pr"))
+    assert sample.source == str(root / "source" / "cup.png")
+    assert sample.edited == str(other / "cup.png")

@@ -35,27 +35,27 @@ def read_manifest(spec: str | Path, *, edited_dir: str | Path | None = None) -> 
             raise ManifestError("--edited-dir needs a folder manifest, not stdin")
         samples = _read_jsonl(sys.stdin, "<stdin>", Path.cwd())
     else:
-        path = Path(spec)
+        path = Path(spec).expanduser().absolute()
         if path.is_dir():
-            edited_root = Path(edited_dir) if edited_dir else path / "edited"
+            edited_root = Path(edited_dir).expanduser().absolute() if edited_dir else path / "edited"
             _check_folder(path, edited_root)
             samples = _read_folder(path, edited_root)
         elif path.is_file():
             if edited_dir is not None:
                 raise ManifestError("--edited-dir needs a folder manifest (DIR/source, DIR/edited, DIR/instructions.jsonl)")
-            samples = _read_jsonl_file(path)
+            samples = _read_jsonl_file(path, name=str(spec))
         else:
             raise ManifestError(f"manifest {path}: no such file or folder")
     return _dedupe(samples)
 
 
-def _read_jsonl_file(path: Path) -> Iterator[Sample]:
+def _read_jsonl_file(path: Path, name: str) -> Iterator[Sample]:
     try:
         handle = path.open("r", encoding="utf-8", errors="replace")
     except OSError as exc:
-        raise ManifestError(f"manifest {path}: cannot open ({exc.strerror or exc})") from None
+        raise ManifestError(f"manifest {name}: cannot open ({exc.strerror or exc})") from None
     with handle:
-        yield from _read_jsonl(handle, str(path), path.resolve().parent)
+        yield from _read_jsonl(handle, name, path.parent)
 
 
 def _read_jsonl(handle: IO[str], name: str, base: Path) -> Iterator[Sample]:

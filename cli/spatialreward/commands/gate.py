@@ -62,7 +62,9 @@ def gate(params: dict) -> None:
     click.echo(render_terminal(result, style=click.style))
     markdown = render_markdown(result, title=params["title"]) + "\n" + _summary_markdown(result)
     if params["summary_md"]:
-        Path(params["summary_md"]).write_text(markdown, encoding="utf-8")
+        summary_md = Path(params["summary_md"])
+        summary_md.parent.mkdir(parents=True, exist_ok=True)
+        summary_md.write_text(markdown, encoding="utf-8")
     github.append_step_summary(markdown)
     github.write_outputs(step_outputs(result))
     if github.in_actions():
