@@ -125,3 +125,16 @@ def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(ModelNotFoundError) as info:
         TransformersBackend.load(str(tmp_path / "nowhere"), device="cpu", dtype="float32")
     assert "nowhere" in str(info.value)
+
+
+def test_local_model_fingerprint_follows_content_not_location(tiny_model, tmp_path):
+    from spatialreward.backends.transformers_backend import model_fingerprint
+
+    moved = tmp_path / "elsewhere"
+    import shutil
+
+    shutil.copytree(tiny_model, moved)
+    assert model_fingerprint(str(moved), None) == model_fingerprint(str(tiny_model), None)
+    (moved / "config.json").write_text((moved / "config.json").read_text().replace("64", "65", 1))
+    assert model_fingerprint(str(moved), None) != model_fingerprint(str(tiny_model), None)
+    assert model_fingerprint("SpatialReward/SpatialReward-8B", None) == "SpatialReward/SpatialReward-8B"

@@ -298,3 +298,11 @@ def test_iter_records_bad_line(tmp_path, line):
     path = write_jsonl(tmp_path / "s.jsonl", [rec("a"), line])
     with pytest.raises(ValueError, match=":2"):
         list(iter_records(path))
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_iter_records_refuses_non_finite_numbers(tmp_path, constant):
+    line = json.dumps(rec("a")).replace('"reward": 0.5', f'"reward": {constant}')
+    path = write_jsonl(tmp_path / "s.jsonl", [rec("b"), line])
+    with pytest.raises(ValueError, match=":2"):
+        list(iter_records(path))

@@ -100,10 +100,11 @@ class JudgeConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def judge_hash(self, *, dtype: str, prompts: str) -> str:
-        """Fingerprint of what determines the raw scores."""
+    def judge_hash(self, *, dtype: str, prompts: str, model: str | None = None) -> str:
+        """Fingerprint of what determines the raw scores. ``model`` is the
+        backend's identity of the loaded weights (default: the configured name)."""
         payload = {
-            "model": self.model,
+            "model": model or self.model,
             "revision": self.revision,
             "dtype": dtype,
             "prompts": prompts,

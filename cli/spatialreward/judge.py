@@ -84,7 +84,9 @@ class Judge:
     def __init__(self, backend, config: JudgeConfig):
         self.backend = backend
         self.config = config
-        self.judge_hash = config.judge_hash(dtype=backend.dtype, prompts=prompts_fingerprint())
+        self.judge_hash = config.judge_hash(
+            dtype=backend.dtype, prompts=prompts_fingerprint(), model=getattr(backend, "fingerprint", None)
+        )
         self.config_hash = config_hash(self.judge_hash, config.aggregation)
 
     @classmethod

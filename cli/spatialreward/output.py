@@ -158,13 +158,17 @@ def iter_records(path: Path):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, parse_constant=_reject_constant)
             except ValueError as exc:
                 raise ValueError(f"{path}:{number}: invalid JSON ({exc})") from None
             problem = record_problem(record)
             if problem:
                 raise ValueError(f"{path}:{number}: not a valid spatialreward record ({problem})")
             yield record
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a valid number")
 
 
 def _number(value) -> bool:

@@ -19,6 +19,7 @@ class Answer:
 class Backend(Protocol):
     model_id: str
     dtype: str  # e.g. "bfloat16"; part of the judge hash
+    fingerprint: str  # identity of the loaded weights; part of the judge hash
 
     @classmethod
     def load(cls, model: str, *, revision: str | None, device: str, dtype: str, generation: Generation) -> "Backend":

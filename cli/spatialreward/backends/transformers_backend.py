@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -42,6 +43,23 @@ def resolve_dtype(dtype: str, device: str):
     return getattr(torch, dtype), dtype
 
 
+def model_fingerprint(model: str, revision: str | None) -> str:
+    """Hub ids are identified by name (the revision is hashed separately); a local
+    folder by its content (config and weight file names and sizes), so the same
+    weights give the same hash wherever the folder lies."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return model
+    digest = hashlib.sha256()
+    for name in ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
+                 "chat_template.jinja", "chat_template.json", "tokenizer.json"):
+        if (folder / name).is_file():
+            digest.update(name.encode() + b"\0" + (folder / name).read_bytes() + b"\0")
+    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}\0".encode())
+    return "local:" + digest.hexdigest()[:16]
+
+
 def _not_found(model: str, revision: str | None, cause: Exception) -> ModelNotFoundError:
     hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
     rev = f" (revision {revision})" if revision else ""
@@ -59,7 +77,7 @@ def _not_found(model: str, revision: str | None, cause: Exception) -> ModelNotFo
 class TransformersBackend:
     """Qwen3-VL through ``AutoModelForImageTextToText.generate``, batched with left padding."""
 
-    def __init__(self, model, processor, *, model_id: str, device: str, dtype: str):
+    def __init__(self, model, processor, *, model_id: str, device: str, dtype: str, fingerprint: str | None = None):
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -67,6 +85,7 @@ class TransformersBackend:
         self.model_id = model_id
         self.device = device
         self.dtype = dtype
+        self.fingerprint = fingerprint or model_id
         self.stop_ids = [i for i in (self.tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS) if i is not None]
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[-1]
@@ -90,7 +109,8 @@ class TransformersBackend:
                 raise _not_found(model, revision, exc) from exc
             raise
         net.to(device).eval()
-        return cls(net, processor, model_id=model, device=device, dtype=dtype_name)
+        return cls(net, processor, model_id=model, device=device, dtype=dtype_name,
+                   fingerprint=model_fingerprint(model, revision))
 
     # -- constrained decoding -------------------------------------------------
     def _grammar(self, kind: str, max_new_tokens: int):

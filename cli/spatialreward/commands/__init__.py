@@ -50,12 +50,16 @@ def main() -> None:
 
 def _register() -> None:
     from .check import check
+    from .gate import gate
     from .judge import judge
+    from .report import report
     from .rescore import rescore
 
     main.add_command(judge)
     main.add_command(rescore)
+    main.add_command(report)
     main.add_command(check)
+    main.add_command(gate)
 
 
 _register()

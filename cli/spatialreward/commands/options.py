@@ -63,7 +63,7 @@ generation_options = _compose(
     click.option("--min-pixels", type=click.IntRange(min=1), default=None, help="[default 3136]"),
 )
 
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print less: no progress bar, no summary table.")
 
 
 def config_overrides(params: dict) -> dict:
