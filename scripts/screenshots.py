@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Regenerate docs/report.png, the README's picture of `spatialreward report`.
+"""Regenerate docs/report.png and docs/overlay.png, the README's pictures of
+`spatialreward report` and `spatialreward check --overlay`.
 
 End to end, offline, on a CPU, in a minute or two:
 
@@ -13,7 +14,8 @@ End to end, offline, on a CPU, in a minute or two:
    command);
 4. ``spatialreward report scores.jsonl -o report.html``;
 5. a screenshot of the report in headless Chromium (Debian's chromium +
-   chromedriver, via Selenium), saved as docs/report.png.
+   chromedriver, via Selenium), saved as docs/report.png;
+6. ``spatialreward check SOURCE EDITED INSTRUCTION --overlay docs/overlay.png``.
 
 The model has random weights, so its scores, boxes and texts are random (the
 grammar keeps them well-formed): the picture shows the page, not a judgment.
@@ -116,6 +118,7 @@ def screenshot(html: Path, out: Path, width: int, height: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "report.png")
+    parser.add_argument("--overlay-out", type=Path, default=REPO / "docs" / "overlay.png")
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=2500)
     parser.add_argument("--workdir", type=Path, default=None)
@@ -140,6 +143,14 @@ def main() -> None:
             "--title", "SpatialReward report: nightly edit eval", cwd=work)
         screenshot(report, args.out, args.width, args.height)
         print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)")
+        photos = work / "photos"
+        check = command("check", str(photos / "coffee.jpg"), str(photos / "coffee_red_square.jpg"),
+                        "Add a red square on the right side of the saucer", "--overlay", str(args.overlay_out),
+                        "--model", str(model), "--structured", "always", "--max-new-tokens", "200", "--device", "cpu")
+        print("$ spatialreward " + " ".join(check[1:]), flush=True)
+        if subprocess.run(check).returncode not in (0, 1):  # 0 pass, 1 fail: both give a picture
+            raise SystemExit("spatialreward check failed")
+        print(f"wrote {args.overlay_out}")
     finally:
         if args.keep:
             print(f"kept {work}")
