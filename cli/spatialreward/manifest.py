@@ -58,7 +58,9 @@ def _read_jsonl_file(path: Path, name: str) -> Iterator[Sample]:
         yield from _read_jsonl(handle, name, path.parent)
 
 
-def _read_jsonl(handle: IO[str], name: str, base: Path) -> Iterator[Sample]:
+def _json_objects(handle: IO[str], name: str) -> Iterator[tuple[int, str, dict | Sample]]:
+    """(line number, origin, object) for each non-blank line; a line that is not
+    a JSON object gives an error Sample in place of the object."""
     for number, line in enumerate(handle, start=1):
         if not line.strip():
             continue
@@ -66,12 +68,20 @@ def _read_jsonl(handle: IO[str], name: str, base: Path) -> Iterator[Sample]:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield _bad(f"line-{number}", origin, f"invalid JSON ({exc.msg} at column {exc.colno})")
+            yield number, origin, _bad(f"line-{number}", origin, f"invalid JSON ({exc.msg} at column {exc.colno})")
             continue
         if not isinstance(entry, dict):
-            yield _bad(f"line-{number}", origin, "a manifest line must be a JSON object")
+            yield number, origin, _bad(f"line-{number}", origin, "a manifest line must be a JSON object")
             continue
-        yield from _entry_samples(entry, origin, base, number)
+        yield number, origin, entry
+
+
+def _read_jsonl(handle: IO[str], name: str, base: Path) -> Iterator[Sample]:
+    for number, origin, entry in _json_objects(handle, name):
+        if isinstance(entry, Sample):
+            yield entry
+        else:
+            yield from _entry_samples(entry, origin, base, number)
 
 
 def _bad(sample_id: str, origin: str, message: str, **fields) -> Sample:
@@ -171,17 +181,9 @@ def _check_folder(root: Path, edited_root: Path) -> None:
 def _read_folder(root: Path, edited_root: Path) -> Iterator[Sample]:
     instructions = root / "instructions.jsonl"
     with instructions.open("r", encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            origin = f"{instructions}:{number}"
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield _bad(f"line-{number}", origin, f"invalid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            if not isinstance(entry, dict):
-                yield _bad(f"line-{number}", origin, "a line must be a JSON object")
+        for number, origin, entry in _json_objects(handle, str(instructions)):
+            if isinstance(entry, Sample):
+                yield entry
                 continue
             name_key, name = _first(entry, FOLDER_NAME_KEYS)
             instr_key, instruction = _first(entry, INSTRUCTION_KEYS)
