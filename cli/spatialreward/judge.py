@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 import statistics
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Sequence
@@ -124,19 +125,24 @@ class Judge:
         return next(iter(self.score_many([sample])))
 
     def score_many(self, samples: Iterable[Sample], batch_size: int | None = None) -> Iterator[JudgeResult]:
-        """Stream one result per sample, in order, ``batch_size`` samples per batch."""
+        """Stream one result per sample, in order, ``batch_size`` samples per batch.
+
+        The next batch's images are decoded in a background thread while the
+        model works on the current one (one batch of look-ahead)."""
         size = batch_size or self.config.batch_size
-        batch: list[Sample] = []
-        for sample in samples:
-            batch.append(sample)
-            if len(batch) >= size:
-                yield from self._judge_batch(batch)
-                batch = []
-        if batch:
-            yield from self._judge_batch(batch)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spatialreward-images") as pool:
+            loading = None
+            for batch in _batches(samples, size):
+                upcoming = pool.submit(self._load_batch, batch)
+                if loading is not None:
+                    yield from self._judge_loaded(*loading.result())
+                loading = upcoming
+            if loading is not None:
+                yield from self._judge_loaded(*loading.result())
 
     # -- pipeline ---------------------------------------------------------------
-    def _judge_batch(self, samples: list[Sample]) -> list[JudgeResult]:
+    def _load_batch(self, samples: list[Sample]) -> tuple[list[JudgeResult], dict[int, tuple]]:
+        """Decode the batch's images; an unreadable one fails only its own sample."""
         results = [JudgeResult(sample=s, error=s.error, judge=self) for s in samples]
         images: dict[int, tuple] = {}
         for i, result in enumerate(results):
@@ -149,6 +155,9 @@ class Judge:
                     continue
                 images[i] = (source, edited)
                 result.edited_size = edited.size
+        return results, images
+
+    def _judge_loaded(self, results: list[JudgeResult], images: dict[int, tuple]) -> list[JudgeResult]:
         live = list(images)
         gen = self.config.generation
         for p in range(gen.passes):
@@ -217,6 +226,17 @@ class Judge:
                 return [ModelError(f"{requests[0].kind.upper()} generation failed: {_describe(exc)}")]
             log.warning("batch of %d failed (%s); retrying one by one", len(requests), _describe(exc))
         return [self._generate([r], constrained=constrained, seed=seed)[0] for r in requests]
+
+
+def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    batch: list[Sample] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _parse(kind: str, answer: Answer, *, constrained: bool) -> SCAnswer | PQAnswer:

@@ -59,8 +59,6 @@ def run(
             if id_key(sample.id) in resume.done:
                 skipped += 1
                 continue
-            if strict and sample.error is not None:
-                raise StrictStop(f"--strict: {sample.error.message}")
             yield sample
 
     writer = RecordWriter(output)
@@ -76,6 +74,8 @@ def run(
     group: list[dict] = []
     try:
         for result in judge.score_many(counted(samples)):
+            # Results arrive in manifest order, so this is the first bad input,
+            # whether the manifest line or its image was bad.
             if strict and result.error is not None and result.error.stage == "input":
                 raise StrictStop(f"--strict: {result.error.message}")
             record = result.to_record()
