@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 
 DEFAULT_SIZES = (500, 2000)
@@ -335,12 +336,15 @@ def _timed_executor(base, clock: Clock):
     class TimedExecutor(base):
         def submit(self, fn, /, *args, **kwargs):
             future = super().submit(fn, *args, **kwargs)
-            result = future.result
+            # A weak reference: a closure holding the future, stored on the future, would be a
+            # reference cycle that keeps each batch's decoded images alive until a full gc pass.
+            ref = weakref.ref(future)
+            result = type(future).result
 
             def timed_result(timeout=None):
                 t0 = time.perf_counter()
                 try:
-                    return result(timeout)
+                    return result(ref(), timeout)
                 finally:
                     clock.add("wait for image loader", time.perf_counter() - t0)
 
