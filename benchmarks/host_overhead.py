@@ -592,7 +592,7 @@ def print_report(results: list[dict], info: dict, args) -> None:
         ("max RSS sampled during run", lambda r: _mib(max(t[1] for t in r["trace"])) if r["trace"] else "-"),
         ("RSS at end of run", lambda r: _mib(r["rss_end_kib"])),
         ("peak - peak after warm-up", lambda r: f"{(r['maxrss_kib'] - r['maxrss_after_warmup_kib']) / 1024:+.1f}"),
-        ("py blocks/edit, 5% -> 100%", lambda r: f"{_blocks_per_edit(r):+.2f}" if len(r["trace"]) > 1 else "-"),
+        ("py blocks/edit, 5% -> 95%", lambda r: f"{_blocks_per_edit(r):+.2f}" if len(r["trace"]) > 1 else "-"),
     )
     for label, fn in rows:
         p(f"{label:<34}" + "".join(f"{fn(r):>10}" for r in results))
@@ -606,7 +606,10 @@ def print_report(results: list[dict], info: dict, args) -> None:
 
 
 def _blocks_per_edit(r: dict) -> float:
-    (n0, _, b0), (n1, _, b1) = r["trace"][0], r["trace"][-1]
+    # Up to the second-to-last sample: with the judge's look-ahead the manifest is
+    # exhausted before the last batch, which frees its duplicate-id set.
+    trace = r["trace"][:-1] if len(r["trace"]) > 2 else r["trace"]
+    (n0, _, b0), (n1, _, b1) = trace[0], trace[-1]
     return (b1 - b0) / max(1, n1 - n0)
 
 

@@ -62,11 +62,14 @@ def run(
             yield sample
 
     writer = RecordWriter(output)
-    streamed = SummaryBuilder(judge.config.threshold)
+    # Records going to stdout are summarised as they stream; a results file is
+    # summarised from the file at the end (it holds resumed records too).
+    streamed = SummaryBuilder(judge.config.threshold) if output is None else None
     user_callback = on_record
 
     def on_record(record: dict) -> None:
-        streamed.add(record)
+        if streamed is not None:
+            streamed.add(record)
         if user_callback:
             user_callback(record)
 
