@@ -15,6 +15,7 @@ from .options import (
     config_option,
     config_overrides,
     generation_options,
+    load_judge,
     model_options,
     pass_params,
 )
@@ -42,13 +43,8 @@ def check(params: dict) -> None:
     \b
     spatialreward check cat.png cat_no_dog.png "Remove the dog" --overlay verdict.png
     """
-    from ..judge import Judge
-
     config = load_config(params["config_file"], config_overrides(params))
-    from .judge import _quiet_libraries
-
-    _quiet_libraries()
-    engine = Judge.from_pretrained(config=config, device=params["device"], dtype=params["dtype"], backend=params["backend"])
+    engine = load_judge(params, config)
     result = engine.score(params["source"], params["edited"], params["instruction"])
     record = result.to_record()
     if params["as_json"]:

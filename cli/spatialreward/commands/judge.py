@@ -15,6 +15,7 @@ from .options import (
     config_option,
     config_overrides,
     generation_options,
+    load_judge,
     model_options,
     pass_params,
     quiet_option,
@@ -45,14 +46,12 @@ def judge(params: dict) -> None:
     spatialreward judge edits.jsonl -o scores.jsonl
     spatialreward judge evalset/ --edited-dir runs/model-b/ -o b.jsonl
     """
-    from ..judge import Judge
     from ..runner import run
 
     config = load_config(params["config_file"], config_overrides(params))
     output = Path(params["output"]) if params["output"] else None
     samples = read_manifest(params["manifest"], edited_dir=params["edited_dir"])
-    _quiet_libraries()
-    engine = Judge.from_pretrained(config=config, device=params["device"], dtype=params["dtype"], backend=params["backend"])
+    engine = load_judge(params, config)
     with progress_bar(disable=params["quiet"]) as bar:
         report = run(
             engine, samples, output,
@@ -75,10 +74,3 @@ def judge(params: dict) -> None:
     if report.summary_file:
         click.echo(f"records: {output}  summary: {report.summary_file}", err=True)
 
-
-def _quiet_libraries() -> None:
-    """transformers' own progress bars and advice are noise in a CLI."""
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()

@@ -91,3 +91,16 @@ def pass_params(func):
         return func(params)
 
     return wrapper
+
+
+def load_judge(params: dict, config):
+    """The Judge for a model-using command (judge, check), with transformers'
+    own progress bars and advice silenced: they are noise in a CLI."""
+    import transformers
+
+    from ..judge import Judge
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return Judge.from_pretrained(config=config, device=params["device"], dtype=params["dtype"],
+                                 backend=params["backend"])
