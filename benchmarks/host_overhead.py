@@ -263,7 +263,7 @@ def make_backend(model_dir: str, clock: Clock):
             self.images = 0
             self.prompt_tokens = 0
 
-        def generate(self, requests, generation, *, constrained, seed):
+        def generate(self, requests, generation, *, constrained):
             perf = time.perf_counter
             t0 = perf()
             texts = [

@@ -56,3 +56,23 @@ def test_overrides_are_validated(tiny_model):
 
     with pytest.raises(ConfigError, match="alpha"):
         Judge.from_pretrained(str(tiny_model), device="cpu", aggregation={"alpha": 2})
+
+
+def test_resumed_sampled_run_equals_an_uninterrupted_one(tiny_model, photos):
+    """Seeds come from each request's identity, not its batch: a run resumed at
+    another batch boundary draws exactly what the uninterrupted run drew."""
+    judge = Judge.from_pretrained(str(tiny_model), device="cpu", batch_size=2,
+                                  generation={"max_new_tokens": 160, "structured": "always",
+                                              "temperature": 1.0, "passes": 2})
+    edits = ["coffee_red_square", "astronaut_mirror", "coffee_red_square"]
+
+    def samples():
+        return [Sample(id=f"s{i}", source=photos["astronaut" if "astro" in e else "coffee"], edited=photos[e],
+                       instruction=f"edit {i}") for i, e in enumerate(edits)]
+
+    whole = [r.to_record() for r in judge.score_many(samples())]
+    resumed = [r.to_record() for r in judge.score_many(samples()[:1])]
+    resumed += [r.to_record() for r in judge.score_many(samples()[1:])]
+    assert resumed == whole
+    raws = [(r["raw"]["sc"], r["raw"]["pq"]) for r in whole]
+    assert len(set(raws)) == len(raws)  # sampling really drew different answers

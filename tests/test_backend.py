@@ -10,7 +10,7 @@ from PIL import Image
 
 from spatialreward.backends.transformers_backend import TransformersBackend
 from spatialreward.config import Generation
-from spatialreward.errors import ModelNotFoundError
+from spatialreward.errors import ModelNotFoundError, ParseError
 from spatialreward.parse import parse_pq, parse_sc
 from spatialreward.prompts import render_pq, render_sc
 from spatialreward.requests import pq_request, sc_request
@@ -64,8 +64,8 @@ def test_batched_equals_unbatched(backend, images):
         sc_request(images["astronaut"], images["astronaut_mirror"], "Mirror the photo horizontally, please"),
         sc_request(images["coffee"], images["coffee_blur"], "Blur"),
     ]
-    batched = backend.generate(requests, GEN, constrained=False, seed=0)
-    alone = [backend.generate([r], GEN, constrained=False, seed=0)[0] for r in requests]
+    batched = backend.generate(requests, GEN, constrained=False)
+    alone = [backend.generate([r], GEN, constrained=False)[0] for r in requests]
     assert [a.text for a in batched] == [a.text for a in alone]
     assert all(a.tokens > 0 for a in batched)
 
@@ -73,20 +73,60 @@ def test_batched_equals_unbatched(backend, images):
 def test_greedy_overrides_the_models_sampling_defaults(backend, images):
     """The tiny model ships do_sample=True like Qwen3-VL; the judge decodes greedily."""
     assert backend.model.generation_config.do_sample is True
-    request = [pq_request(images["coffee_blur"])]
-    first = backend.generate(request, GEN, constrained=False, seed=1)[0].text
-    second = backend.generate(request, GEN, constrained=False, seed=2)[0].text
+    first = backend.generate([pq_request(images["coffee_blur"], seed=1)], GEN, constrained=False)[0].text
+    second = backend.generate([pq_request(images["coffee_blur"], seed=2)], GEN, constrained=False)[0].text
     assert first == second
 
 
-def test_sampling_depends_on_seed(backend, images):
+def test_sampling_depends_on_the_requests_own_seed(backend, images):
     sampling = Generation(max_new_tokens=24, temperature=1.0, passes=2)
-    request = [pq_request(images["coffee_blur"])]
-    a = backend.generate(request, sampling, constrained=False, seed=1)[0].text
-    b = backend.generate(request, sampling, constrained=False, seed=1)[0].text
-    c = backend.generate(request, sampling, constrained=False, seed=99)[0].text
-    assert a == b
-    assert a != c
+
+    def text(seed):
+        return backend.generate([pq_request(images["coffee_blur"], seed=seed)], sampling, constrained=False)[0].text
+
+    assert text(1) == text(1)
+    assert text(1) != text(99)
+
+
+def test_sampled_answer_does_not_depend_on_its_batch(backend, images):
+    """Each request draws from its own seeded generator: alone or beside other
+    requests (a resume shifts batch boundaries), it writes the same answer."""
+    sampling = Generation(max_new_tokens=24, temperature=1.0, passes=2)
+    target = pq_request(images["coffee_blur"], seed=7)
+    alone = backend.generate([target], sampling, constrained=False)[0].text
+    others = [pq_request(images["coffee"], seed=8), pq_request(images["astronaut"], seed=9)]
+    batched = backend.generate([others[0], target, others[1]], sampling, constrained=False)
+    assert batched[1].text == alone
+    assert len({a.text for a in batched}) == 3
+
+
+def test_sampling_leaves_the_process_rng_alone(backend, images):
+    """A library user's torch RNG is not reseeded by the judge."""
+    import torch
+
+    sampling = Generation(max_new_tokens=8, temperature=1.0, passes=2)
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    backend.generate([pq_request(images["coffee"], seed=5)], sampling, constrained=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_weights_load_straight_onto_the_device(tiny_model, monkeypatch):
+    """No full CPU copy first: from_pretrained is told the device (device_map)."""
+    import transformers
+
+    seen = {}
+    original = transformers.AutoModelForImageTextToText.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", spy)
+    loaded = TransformersBackend.load(str(tiny_model), device="cpu", dtype="float32")
+    assert seen.get("device_map") == "cpu"
+    assert next(loaded.model.parameters()).device.type == "cpu"
 
 
 def test_constrained_answers_parse_strictly(backend, images):
@@ -97,7 +137,7 @@ def test_constrained_answers_parse_strictly(backend, images):
         pq_request(images["coffee_red_square"]),
         sc_request(images["astronaut"], images["astronaut_mirror"], "Mirror it"),
     ]
-    answers = backend.generate(requests, gen, constrained=True, seed=0)
+    answers = backend.generate(requests, gen, constrained=True)
     assert all(a.finished for a in answers)
     for request, answer in zip(requests, answers):
         json.loads(answer.text)  # strict JSON, no control characters
@@ -111,9 +151,10 @@ def test_constrained_answers_parse_strictly(backend, images):
 
 def test_unconstrained_random_answer_does_not_parse(backend, images):
     """The random model's free text is not a judgment: this is what `auto` repairs."""
-    answer = backend.generate([pq_request(images["coffee"])], GEN, constrained=False, seed=0)[0]
-    with pytest.raises(Exception):
+    answer = backend.generate([pq_request(images["coffee"])], GEN, constrained=False)[0]
+    with pytest.raises(ParseError) as info:
         parse_pq(answer.text)
+    assert info.value.stage == "parse" and info.value.message
 
 
 def test_missing_model_is_a_clear_error(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -51,10 +52,34 @@ def test_matches_the_reference_files_byte_for_byte():
     assert render_sc("Remove the dog").encode("utf-8") == (REFERENCE / "sc_prompt.rendered.example.txt").read_bytes()
 
 
-def test_installed_package_ships_the_templates():
-    """The prompts are read from the installed package, not from the source tree."""
+def test_prompts_come_from_the_shipped_templates():
+    """Installed from a wheel, the templates lie inside the package; from a
+    source tree (an editable install, or PYTHONPATH=cli) they are the
+    repository's templates/, the folder the wheel force-includes."""
+    from pathlib import Path
+
     import spatialreward
     from spatialreward.resources import templates_dir
 
-    assert templates_dir().parent == __import__("pathlib").Path(spatialreward.__file__).parent
-    assert (templates_dir() / "config.yaml").is_file()
+    package = Path(spatialreward.__file__).resolve().parent
+    inside = package / "templates"
+    source_tree = package.parent.parent / "templates"
+    expected = inside if (inside / "prompts").is_dir() else source_tree
+    assert templates_dir() == expected
+    assert (expected / "config.yaml").is_file()
+    assert (expected / "prompts" / "pq.txt").read_bytes().decode("utf-8") == render_pq()
+
+
+def test_wheel_ships_the_templates(tmp_path):
+    """The built wheel carries templates/ inside the package."""
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(repo)], check=True, capture_output=True)
+    wheel, = tmp_path.glob("spatialreward-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"spatialreward/templates/prompts/sc.txt", "spatialreward/templates/prompts/pq.txt",
+            "spatialreward/templates/config.yaml"} <= names

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .constants import DEFAULT_MODEL, MAX_PIXELS, MIN_PIXELS
 from .errors import ConfigError
 from .resources import read_template
 
@@ -49,8 +50,8 @@ class Generation:
     passes: int = 1
     seed: int = 42
     structured: str = "auto"
-    min_pixels: int = 3136
-    max_pixels: int = 589824
+    min_pixels: int = MIN_PIXELS
+    max_pixels: int = MAX_PIXELS
 
     @property
     def sampling(self) -> bool:
@@ -80,7 +81,7 @@ class Generation:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    model: str = "SpatialReward/SpatialReward-8B"
+    model: str = DEFAULT_MODEL
     revision: str | None = None
     aggregation: Aggregation = field(default_factory=Aggregation)
     generation: Generation = field(default_factory=Generation)

@@ -3,10 +3,9 @@
 Exit codes (the same for every command):
   0  completed (``check``/``gate``: passed)
   1  completed, verdict failed (``check``/``gate`` only)
-  2  usage error (bad flag, argument or configuration value)
+  2  usage error (bad flag or argument, invalid config file or value)
   3  fatal error: the run could not be done (model not found, unreadable
-     manifest or scores file, invalid config, output conflict, ``--strict``
-     stop at bad input)
+     manifest or scores file, output conflict, ``--strict`` stop at bad input)
 """
 
 from __future__ import annotations

@@ -35,8 +35,9 @@ def load_image(source, *, max_pixels: int = MAX_IMAGE_PIXELS, role: str = "image
     viewer would show the photo.
     """
     if isinstance(source, Image.Image):
-        image = source
-        _check_size(image.size, max_pixels, role, "<PIL image>")
+        _check_size(source.size, max_pixels, role, "<PIL image>")
+        # An image opened from a file keeps its EXIF orientation: apply it, as for a path.
+        image = ImageOps.exif_transpose(source)
         return image if image.mode == "RGB" else image.convert("RGB")
     path = Path(source)
     name = str(path)

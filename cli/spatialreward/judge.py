@@ -165,14 +165,8 @@ class Judge:
                 todo = [i for i in live if results[i].error is None]
                 if not todo:
                     break
-                requests = [
-                    sc_request(images[i][0], images[i][1], results[i].sample.instruction.strip())
-                    if kind == SC
-                    else pq_request(images[i][1])
-                    for i in todo
-                ]
-                seed = _seed(gen.seed, p, kind, [results[i].sample.id for i in todo])
-                outcomes = self._judge_requests(requests, seed)
+                requests = [self._request(kind, results[i].sample, images[i], p) for i in todo]
+                outcomes = self._judge_requests(requests, [results[i].sample.id for i in todo], p)
                 for i, outcome in zip(todo, outcomes):
                     if isinstance(outcome, SampleError):
                         results[i].error = outcome
@@ -184,10 +178,19 @@ class Judge:
                 result.reward = aggregate(result.scores, self.config.aggregation)
         return results
 
-    def _judge_requests(self, requests: list[Request], seed: int) -> list[Judgment | SampleError]:
+    def _request(self, kind: str, sample: Sample, images: tuple, pass_index: int) -> Request:
+        """The published request of ``kind`` for one loaded edit: SC sees source
+        then edited with the instruction, PQ the edited image alone."""
+        source, edited = images
+        seed = request_seed(self.config.generation.seed, sample.id, pass_index, kind)
+        if kind == SC:
+            return sc_request(source, edited, sample.instruction.strip(), seed=seed)
+        return pq_request(edited, seed=seed)
+
+    def _judge_requests(self, requests: list[Request], ids: list[str], pass_index: int) -> list[Judgment | SampleError]:
         """Generate, parse and (per ``structured``) repair one batch of same-kind requests."""
         mode = self.config.generation.structured
-        answers = self._generate(requests, constrained=(mode == "always"), seed=seed)
+        answers = self._generate(requests, constrained=(mode == "always"))
         outcomes: list[Judgment | SampleError] = []
         retry: list[int] = []
         for idx, (request, answer) in enumerate(zip(requests, answers)):
@@ -201,7 +204,12 @@ class Judge:
                 if mode == "auto":
                     retry.append(idx)
         if retry:
-            repaired = self._generate([requests[i] for i in retry], constrained=True, seed=seed + 1)
+            gen = self.config.generation
+            again = [
+                replace(requests[i], seed=request_seed(gen.seed, ids[i], pass_index, requests[i].kind, attempt=1))
+                for i in retry
+            ]
+            repaired = self._generate(again, constrained=True)
             for idx, answer in zip(retry, repaired):
                 first = outcomes[idx]
                 if isinstance(answer, SampleError):
@@ -215,17 +223,22 @@ class Judge:
                 outcomes[idx] = Judgment(parsed, answer.text, repaired=True, failed_raw=answers[idx].text)
         return outcomes
 
-    def _generate(self, requests: list[Request], *, constrained: bool, seed: int) -> list[Answer | ModelError]:
-        """One generate() for the batch; if it raises, each request alone, so one
-        bad request fails only its own sample."""
+    def _generate(self, requests: list[Request], *, constrained: bool) -> list[Answer | ModelError]:
+        """One generate() for the batch; if it raises or does not return exactly
+        one answer per request, each request alone, so one bad request fails only
+        its own sample and no answer can land on another request."""
         gen = self.config.generation
         try:
-            return list(self.backend.generate(requests, gen, constrained=constrained, seed=seed))
+            answers = list(self.backend.generate(requests, gen, constrained=constrained))
+            if len(answers) == len(requests):
+                return answers
+            problem = f"backend returned {len(answers)} answers for {len(requests)} requests"
         except Exception as exc:  # noqa: BLE001 - any model failure becomes per-request errors
-            if len(requests) == 1:
-                return [ModelError(f"{requests[0].kind.upper()} generation failed: {_describe(exc)}")]
-            log.warning("batch of %d failed (%s); retrying one by one", len(requests), _describe(exc))
-        return [self._generate([r], constrained=constrained, seed=seed)[0] for r in requests]
+            problem = _describe(exc)
+        if len(requests) == 1:
+            return [ModelError(f"{requests[0].kind.upper()} generation failed: {problem}")]
+        log.warning("batch of %d failed (%s); retrying one by one", len(requests), problem)
+        return [self._generate([r], constrained=constrained)[0] for r in requests]
 
 
 def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
@@ -252,8 +265,10 @@ def _describe(exc: Exception) -> str:
     return f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__
 
 
-def _seed(seed: int, pass_index: int, kind: str, ids: list[str]) -> int:
-    """A sampling seed derived from the run seed and the batch's content, so a
-    resumed run draws the same samples as an uninterrupted one."""
-    digest = hashlib.sha256(f"{seed}|{pass_index}|{kind}|{'|'.join(ids)}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
+def request_seed(seed: int, sample_id: str, pass_index: int, kind: str, attempt: int = 0) -> int:
+    """The sampling seed of one request, from the run seed and the request's own
+    identity (sample id, pass, kind, attempt) alone: a request draws the same
+    tokens whatever batch it lands in, so a resumed sampled run equals an
+    uninterrupted one. Unused under greedy decoding."""
+    digest = hashlib.sha256(f"{seed}|{sample_id}|{pass_index}|{kind}|{attempt}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1  # 31 bits: any engine's seed field takes it

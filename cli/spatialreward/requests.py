@@ -21,6 +21,10 @@ class Request:
     kind: str  # "sc" or "pq"
     images: tuple[Image.Image, ...]
     prompt: str
+    # Sampling seed of this request alone (used only when sampling): derived by
+    # the judge from the run seed, the sample id, the pass, the kind and the
+    # attempt, so a request draws the same tokens whatever batch it lands in.
+    seed: int = 0
 
     def messages(self) -> list[dict]:
         content = [{"type": "image"} for _ in self.images]
@@ -28,9 +32,9 @@ class Request:
         return [{"role": "user", "content": content}]
 
 
-def sc_request(source: Image.Image, edited: Image.Image, instruction: str) -> Request:
-    return Request(SC, (source, edited), render_sc(instruction))
+def sc_request(source: Image.Image, edited: Image.Image, instruction: str, *, seed: int = 0) -> Request:
+    return Request(SC, (source, edited), render_sc(instruction), seed)
 
 
-def pq_request(edited: Image.Image) -> Request:
-    return Request(PQ, (edited,), render_pq())
+def pq_request(edited: Image.Image, *, seed: int = 0) -> Request:
+    return Request(PQ, (edited,), render_pq(), seed)

@@ -25,8 +25,8 @@ class Backend(Protocol):
     def load(cls, model: str, *, revision: str | None, device: str, dtype: str, generation: Generation) -> "Backend":
         """Load the model, or raise ModelNotFoundError with a one-line how-to."""
 
-    def generate(
-        self, requests: Sequence[Request], generation: Generation, *, constrained: bool, seed: int
-    ) -> list[Answer]:
-        """Answer ``requests`` (one batch), in order. ``constrained`` applies the
-        JSON-schema grammar of each request's kind. Raises on model failure."""
+    def generate(self, requests: Sequence[Request], generation: Generation, *, constrained: bool) -> list[Answer]:
+        """Answer ``requests`` (one batch): exactly one answer per request, in
+        order. ``constrained`` applies the JSON-schema grammar of each request's
+        kind; when sampling, each request is drawn with its own ``seed``.
+        Raises on model failure."""

@@ -101,14 +101,17 @@ class TransformersBackend:
 
         try:
             processor = AutoProcessor.from_pretrained(model, revision=revision)
-            net = AutoModelForImageTextToText.from_pretrained(model, revision=revision, dtype=torch_dtype)
+            # Straight onto the device: no full copy of the weights in CPU memory first.
+            net = AutoModelForImageTextToText.from_pretrained(
+                model, revision=revision, dtype=torch_dtype, device_map=device
+            )
         except (OSError, ValueError, KeyError) as exc:
             raise _not_found(model, revision, exc) from exc
         except Exception as exc:  # huggingface_hub errors that are not OSErrors
             if exc.__class__.__module__.startswith(("huggingface_hub", "requests", "httpx")):
                 raise _not_found(model, revision, exc) from exc
             raise
-        net.to(device).eval()
+        net.eval()
         return cls(net, processor, model_id=model, device=device, dtype=dtype_name,
                    fingerprint=model_fingerprint(model, revision))
 
@@ -127,7 +130,7 @@ class TransformersBackend:
         return self._grammars[key]
 
     # -- generation -----------------------------------------------------------
-    def generate(self, requests: Sequence[Request], generation: Generation, *, constrained: bool, seed: int) -> list[Answer]:
+    def generate(self, requests: Sequence[Request], generation: Generation, *, constrained: bool) -> list[Answer]:
         import torch
 
         texts = [
@@ -141,22 +144,27 @@ class TransformersBackend:
         ).to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        # Every decoding field explicitly, so the model's own sampling defaults
+        # never leak in. generate() itself always picks the best token: when
+        # sampling, SeededSampler has already drawn it, per request.
         kwargs = dict(
             max_new_tokens=generation.max_new_tokens,
-            do_sample=generation.sampling,
-            top_p=generation.top_p,
+            do_sample=False,
+            top_p=generation.top_p,  # inert without do_sample; SeededSampler applies them
             top_k=generation.top_k,
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
         )
-        if generation.sampling:
-            kwargs["temperature"] = generation.temperature
-            torch.manual_seed(seed)
+        processors = []
         if constrained:
             import xgrammar as xgr
 
             grammars = [self._grammar(r.kind, generation.max_new_tokens) for r in requests]
-            kwargs["logits_processor"] = [xgr.contrib.hf.LogitsProcessor(grammars)]
+            processors.append(xgr.contrib.hf.LogitsProcessor(grammars))
+        if generation.sampling:
+            processors.append(SeededSampler([r.seed for r in requests], generation, device=self.device))
+        if processors:
+            kwargs["logits_processor"] = processors
         with torch.inference_mode():
             out = self.model.generate(**inputs, **kwargs)
         new_tokens = out[:, inputs["input_ids"].shape[1]:].tolist()
@@ -171,3 +179,41 @@ class TransformersBackend:
         # Keep special tokens the model wrote (e.g. <think>, region markers): decode verbatim.
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         return Answer(text=text, tokens=len(ids), finished=finished)
+
+
+class SeededSampler:
+    """Temperature / top-k / top-p sampling with one ``torch.Generator`` per
+    request, as the last logits processor (after the grammar mask).
+
+    Each row draws its token from its own generator, seeded with the request's
+    seed, so a request's answer does not depend on what else shares its batch
+    (a resumed run equals an uninterrupted one) and the process-wide RNG of a
+    library user is never touched. It leaves only the drawn token possible, so
+    generate()'s greedy pick takes it.
+    """
+
+    def __init__(self, seeds: Sequence[int], generation: Generation, *, device: str):
+        import torch
+        from transformers.generation.logits_process import (
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.warpers = [TemperatureLogitsWarper(generation.temperature)]
+        if generation.top_k:
+            self.warpers.append(TopKLogitsWarper(generation.top_k))
+        if generation.top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(generation.top_p))
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        probs = torch.softmax(scores.float(), dim=-1)
+        chosen = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
+        picked = torch.full_like(scores, float("-inf"))
+        picked[torch.arange(scores.shape[0], device=scores.device), chosen] = 0.0
+        return picked

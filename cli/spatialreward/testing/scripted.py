@@ -1,0 +1,80 @@
+"""A scripted backend for tests: answers from a JSON script, every request recorded.
+
+A random tiny model ignores its images, so tests of *what the model is given*
+(which image, in which order, with which prompt) record the requests instead
+of relying on answers. ``ScriptedBackend`` records each ``generate()`` call and
+answers from a script, chosen per request by, in order of precedence:
+
+- ``by_instruction``: ``{instruction: {"sc": TEXT}}`` for SC requests;
+- ``by_image``: ``{image_digest(edited): {"sc": TEXT, "pq": TEXT}}``;
+- ``constrained``: ``{"sc": TEXT, "pq": TEXT}`` for grammar-constrained calls;
+- ``answers``: ``{"sc": TEXT, "pq": TEXT}``, the defaults.
+
+A text ``"!raise MESSAGE"`` makes ``generate()`` raise for that request's
+batch. From the CLI it is ``--backend scripted --model SCRIPT.json`` (an
+entry point of the ``spatialreward.backends`` group).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+from ..config import Generation
+from ..errors import ModelNotFoundError
+from ..requests import Request
+from ..backends.base import Answer
+
+SC_OK = ('{"edit_region": [{"id": 0, "label": "red square", "bbox_2d": [100, 200, 300, 400]}], '
+         '"reasoning": "<|bbox_0|> A red square was added. <|global|> Clean.", "score": [20, 18]}')
+PQ_OK = '{"reasoning": "Looks natural.", "score": [22, 21]}'
+
+
+def image_digest(image) -> str:
+    """Content digest of a PIL image (mode, size and pixels)."""
+    digest = hashlib.sha1(f"{image.mode}|{image.size}|".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()[:16]
+
+
+class ScriptedBackend:
+    dtype = "none"
+
+    def __init__(self, script: dict | None = None, *, model_id: str = "scripted"):
+        self.script = {"answers": {"sc": SC_OK, "pq": PQ_OK}, **(script or {})}
+        self.model_id = model_id
+        self.fingerprint = "scripted:" + hashlib.sha256(
+            json.dumps(self.script, sort_keys=True).encode()).hexdigest()[:16]
+        self.calls: list[dict] = []  # one per generate(): {"requests", "constrained", "generation"}
+
+    @classmethod
+    def load(cls, model: str, *, revision: str | None = None, device: str = "auto", dtype: str = "auto",
+             generation: Generation | None = None) -> "ScriptedBackend":
+        path = Path(model)
+        if not path.is_file():
+            raise ModelNotFoundError(f"scripted backend: script {model!r} is not a file")
+        return cls(json.loads(path.read_text(encoding="utf-8")), model_id=model)
+
+    def text_for(self, request: Request, constrained: bool) -> str:
+        script = self.script
+        if request.kind == "sc":
+            instruction = request.prompt.rsplit("Editing instruction: ", 1)[-1].removesuffix("\n")
+            found = script.get("by_instruction", {}).get(instruction, {}).get("sc")
+            if found is not None:
+                return found
+        found = script.get("by_image", {}).get(image_digest(request.images[-1]), {}).get(request.kind)
+        if found is not None:
+            return found
+        if constrained and request.kind in script.get("constrained", {}):
+            return script["constrained"][request.kind]
+        return script["answers"][request.kind]
+
+    def generate(self, requests: Sequence[Request], generation: Generation, *, constrained: bool) -> list[Answer]:
+        self.calls.append({"requests": list(requests), "constrained": constrained, "generation": generation})
+        texts = [self.text_for(r, constrained) for r in requests]
+        for text in texts:
+            if text.startswith("!raise"):
+                raise RuntimeError(text.removeprefix("!raise").strip() or "scripted failure")
+        return [Answer(text=t, tokens=len(t), finished=True) for t in texts]

@@ -1,0 +1,117 @@
+"""Prove the tests guard the protocol: each mutation, made alone to a temporary
+copy of the code, must make at least one test fail.
+
+    python scripts/mutation_check.py            # all mutations
+    python scripts/mutation_check.py --list     # what each one changes
+    python scripts/mutation_check.py -k budget  # those whose name contains "budget"
+
+For each mutation the copy's code is put first on PYTHONPATH (so the installed
+``spatialreward`` command runs it too) and the tests that guard it are run. The
+unmutated copy must pass the same tests first. Exit 0 when every mutation was
+caught, 1 when one survived or the baseline failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GUARDS = ["tests/test_fidelity.py", "tests/test_prompts.py"]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    old: str
+    new: str
+
+
+MUTATIONS = [
+    Mutation("sc-images-swapped", "cli/spatialreward/requests.py",
+             "Request(SC, (source, edited), ", "Request(SC, (edited, source), "),
+    Mutation("pq-judges-the-source", "cli/spatialreward/judge.py",
+             "return pq_request(edited, seed=seed)", "return pq_request(source, seed=seed)"),
+    Mutation("no-generation-prompt", "cli/spatialreward/backends/transformers_backend.py",
+             "add_generation_prompt=True", "add_generation_prompt=False"),
+    Mutation("pixel-budget-dropped", "cli/spatialreward/backends/transformers_backend.py",
+             'return_tensors="pt", images_kwargs={"size": size}', 'return_tensors="pt"'),
+    Mutation("text-before-images", "cli/spatialreward/requests.py",
+             "content = [{\"type\": \"image\"} for _ in self.images]\n        content.append({\"type\": \"text\", \"text\": self.prompt})",
+             "content = [{\"type\": \"text\", \"text\": self.prompt}]\n        content += [{\"type\": \"image\"} for _ in self.images]"),
+    Mutation("instruction-not-stripped", "cli/spatialreward/judge.py",
+             "sample.instruction.strip(), seed=seed", "sample.instruction, seed=seed"),
+    Mutation("pq-prompt-one-space", "templates/prompts/pq.txt", "{{\n", "{{ \n"),
+    Mutation("sc-prompt-one-space", "templates/prompts/sc.txt",
+             "Editing instruction: {instruction}", "Editing instruction:  {instruction}"),
+]
+
+
+def copy_tree(dest: Path) -> None:
+    for name in ("cli", "templates", "tests", "pyproject.toml", "README.md"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dest / name)
+
+
+def run_tests(root: Path, tests: list[str]) -> tuple[int, float, str]:
+    env = {**os.environ, "PYTHONPATH": str(root / "cli") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=root, env=env, capture_output=True, text=True,
+    )
+    last = (proc.stdout.strip().splitlines() or [""])[-1]
+    return proc.returncode, time.monotonic() - started, last
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", default="", help="only mutations whose name contains this")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if args.k in m.name]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}: {m.path}: {m.old!r} -> {m.new!r}")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="spatialreward-mutation-") as tmp:
+        base = Path(tmp) / "base"
+        copy_tree(base)
+        code, seconds, last = run_tests(base, GUARDS)
+        print(f"{'baseline (no mutation)':32} {'passes' if code == 0 else 'FAILS'}  {seconds:5.1f}s  {last}")
+        if code != 0:
+            print("the unmutated code fails its tests: fix that first", file=sys.stderr)
+            return 1
+        survived = []
+        for m in chosen:
+            root = Path(tmp) / m.name
+            copy_tree(root)
+            target = root / m.path
+            text = target.read_bytes().decode("utf-8")
+            if text.count(m.old) != 1:
+                print(f"{m.name}: the code to mutate is not found exactly once in {m.path}", file=sys.stderr)
+                return 1
+            target.write_bytes(text.replace(m.old, m.new).encode("utf-8"))
+            code, seconds, last = run_tests(root, GUARDS)
+            caught = code == 1  # 1: tests ran and failed (2+ would be a broken run, not a catch)
+            print(f"{m.name:32} {'caught' if caught else 'SURVIVED (exit %d)' % code}  {seconds:5.1f}s  {last}")
+            if not caught:
+                survived.append(m.name)
+            shutil.rmtree(root)
+    print(f"{len(chosen) - len(survived)} of {len(chosen)} mutations caught")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
