@@ -228,3 +228,32 @@ def test_exif_orientation_rotation_direction(tmp_path):
     bottom = image.getpixel((16, 56))
     assert top[0] > 200 and top[2] < 60
     assert bottom[2] > 200 and bottom[0] < 60
+
+
+@pytest.mark.parametrize("raw", ["abc", "64M", "-5", "0", "1.5"])
+def test_bad_max_image_pixels_env_is_one_clear_line_when_used(raw, monkeypatch, photos):
+    from spatialreward import constants
+    from spatialreward.errors import ConfigError
+
+    monkeypatch.setattr(constants, "_MAX_IMAGE_PIXELS_RAW", raw)
+    with pytest.raises(ConfigError, match=r"SPATIALREWARD_MAX_IMAGE_PIXELS=.*must be a positive whole number"):
+        load_image(photos["coffee"])
+
+
+def test_max_image_pixels_env_is_honoured(monkeypatch, photos):
+    from spatialreward import constants
+
+    monkeypatch.setattr(constants, "_MAX_IMAGE_PIXELS_RAW", "100_000")
+    with pytest.raises(InputError, match="over the limit of 100,000"):
+        load_image(photos["coffee"])
+    monkeypatch.setattr(constants, "_MAX_IMAGE_PIXELS_RAW", " 240000 ")
+    assert load_image(photos["coffee"]).size == (600, 400)
+
+
+def test_bad_env_does_not_break_help(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("--help", env={"SPATIALREWARD_MAX_IMAGE_PIXELS": "abc"})
+    assert proc.returncode == 0 and "judge" in proc.stdout
+    proc = run_cli("judge", "--help", env={"SPATIALREWARD_MAX_IMAGE_PIXELS": "64M"})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr

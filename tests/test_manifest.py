@@ -474,3 +474,42 @@ def test_folder_manifest_given_relative_records_absolute_paths(tmp_path, monkeyp
     [sample] = list(read_manifest("evalset", edited_dir="runs/pr"))
     assert sample.source == str(root / "source" / "cup.png")
     assert sample.edited == str(other / "cup.png")
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    """Editors on Windows save UTF-8 with a BOM: line 1 must still parse."""
+    path = tmp_path / "bom.jsonl"
+    line = json.dumps({"id": "a", "source": "s.png", "edited": "e.png", "instruction": "Remove the dog"})
+    path.write_bytes(b"\xef\xbb\xbf" + line.encode() + b"\n")
+    sample, = read_manifest(path)
+    assert sample.error is None and sample.id == "a"
+
+
+def test_byte_order_mark_in_folder_instructions(tmp_path):
+    for sub in ("source", "edited"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "cat.png").write_bytes(b"x")
+    (tmp_path / "instructions.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + json.dumps({"name": "cat", "instruction": "Remove the dog"}).encode() + b"\n")
+    sample, = read_manifest(tmp_path)
+    assert sample.error is None and sample.instruction == "Remove the dog"
+
+
+def test_bytes_that_are_not_utf8_fail_their_line_only(tmp_path):
+    """Not silently replaced by U+FFFD inside an instruction the model would judge."""
+    path = tmp_path / "latin1.jsonl"
+    good = json.dumps({"id": "ok", "source": "s.png", "edited": "e.png", "instruction": "Remove the dog"})
+    bad = '{"id": "bad", "source": "s.png", "edited": "e.png", "instruction": "Caf\xe9"}'.encode("latin-1")
+    path.write_bytes(bad + b"\n" + good.encode() + b"\n")
+    first, second = read_manifest(path)
+    assert first.error is not None and f"{path}:1" in first.error.message and "not valid UTF-8" in first.error.message
+    assert second.error is None and second.id == "ok"
+
+
+def test_stdin_with_bom_and_bad_bytes(monkeypatch):
+    good = json.dumps({"id": "a", "source": "/s.png", "edited": "/e.png", "instruction": "x"}).encode()
+    data = b"\xef\xbb\xbf" + good + b"\n" + b'{"id": "b", "instruction": "\xff"}\n'
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+    first, second = read_manifest("-")
+    assert first.error is None
+    assert "<stdin>:2" in second.error.message and "UTF-8" in second.error.message

@@ -8,7 +8,9 @@ that cannot be opened at all raises ``ManifestError``.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import IO, Iterator
@@ -16,6 +18,9 @@ from typing import IO, Iterator
 from .constants import IMAGE_EXTENSIONS
 from .errors import InputError, ManifestError
 from .sample import Sample
+
+# Bytes that are not UTF-8, as read with errors="surrogateescape".
+_SURROGATES = re.compile("[\udc80-\udcff]")
 
 INSTRUCTION_KEYS = ("instruction", "prompt")
 SOURCE_KEYS = ("source", "input_image")
@@ -33,7 +38,9 @@ def read_manifest(spec: str | Path, *, edited_dir: str | Path | None = None) -> 
     if str(spec) == "-":
         if edited_dir is not None:
             raise ManifestError("--edited-dir needs a folder manifest, not stdin")
-        samples = _read_jsonl(sys.stdin, "<stdin>", Path.cwd())
+        buffer = getattr(sys.stdin, "buffer", None)  # None: already text (a test's StringIO)
+        stdin = io.TextIOWrapper(buffer, encoding="utf-8", errors="surrogateescape") if buffer else sys.stdin
+        samples = _read_jsonl(stdin, "<stdin>", Path.cwd())
     else:
         path = Path(spec).expanduser().absolute()
         if path.is_dir():
@@ -51,7 +58,7 @@ def read_manifest(spec: str | Path, *, edited_dir: str | Path | None = None) -> 
 
 def _read_jsonl_file(path: Path, name: str) -> Iterator[Sample]:
     try:
-        handle = path.open("r", encoding="utf-8", errors="replace")
+        handle = path.open("r", encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise ManifestError(f"manifest {name}: cannot open ({exc.strerror or exc})") from None
     with handle:
@@ -62,9 +69,14 @@ def _json_objects(handle: IO[str], name: str) -> Iterator[tuple[int, str, dict |
     """(line number, origin, object) for each non-blank line; a line that is not
     a JSON object gives an error Sample in place of the object."""
     for number, line in enumerate(handle, start=1):
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as some editors write
         if not line.strip():
             continue
         origin = f"{name}:{number}"
+        if _SURROGATES.search(line):
+            yield number, origin, _bad(f"line-{number}", origin, "not valid UTF-8 text (save the manifest as UTF-8)")
+            continue
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -180,7 +192,7 @@ def _check_folder(root: Path, edited_root: Path) -> None:
 
 def _read_folder(root: Path, edited_root: Path) -> Iterator[Sample]:
     instructions = root / "instructions.jsonl"
-    with instructions.open("r", encoding="utf-8", errors="replace") as handle:
+    with instructions.open("r", encoding="utf-8", errors="surrogateescape") as handle:
         for number, origin, entry in _json_objects(handle, str(instructions)):
             if isinstance(entry, Sample):
                 yield entry

@@ -17,7 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..constants import MAX_IMAGE_PIXELS
+from ..constants import max_image_pixels
+from ..errors import InputError
+from ..images import to_rgb
 
 THUMBNAIL_SIDE = 192  # longest side, pixels
 JPEG_QUALITY = 80
@@ -55,32 +57,22 @@ def make_thumbnail(path: str | os.PathLike, *, side: int = THUMBNAIL_SIDE, quali
                 width, height = image.size
                 if width <= 0 or height <= 0:
                     return Thumbnail(None, reason="zero-size image")
-                if width * height > MAX_IMAGE_PIXELS:
+                if width * height > max_image_pixels():
                     return Thumbnail(None, reason=f"{width}x{height} is over the image size limit")
                 image.draft("RGB", (side, side))  # JPEG: decode at the smallest scale >= side (much faster)
                 image = ImageOps.exif_transpose(image)
-                image = _flatten(image)
+                image = to_rgb(image)  # as the judge saw it
                 image.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=2.0)
                 buffer = io.BytesIO()
                 image.save(buffer, "JPEG", quality=quality, optimize=True, progressive=False)
     except (UnidentifiedImageError, Image.DecompressionBombError):
         return Thumbnail(None, reason="not a readable image")
+    except InputError as exc:
+        return Thumbnail(None, reason=exc.message.split(": ", 1)[-1])
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         return Thumbnail(None, reason=f"cannot read image ({exc.__class__.__name__})")
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return Thumbnail(f"data:image/jpeg;base64,{data}", image.width, image.height)
-
-
-def _flatten(image):
-    """RGB; transparent pixels over white (JPEG has no alpha)."""
-    from PIL import Image
-
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image, mask=image.getchannel("A"))
-        return background
-    return image.convert("RGB")
 
 
 class ThumbnailStore:
