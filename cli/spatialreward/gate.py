@@ -17,7 +17,6 @@ silently.
 
 from __future__ import annotations
 
-import math
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import yaml
 
 from .aggregate import DIMENSIONS
 from .errors import ConfigError, ScoresFileError
+from .numbers import is_number
 from .rescore import read_scores
 from .summary import SummaryBuilder
 
@@ -50,14 +50,14 @@ class GateConfig:
     def validate(self) -> "GateConfig":
         for name in ("min_mean_reward", "min_pass_rate", "pass_threshold", "max_drop"):
             value = getattr(self, name)
-            if value is not None and not (_number(value) and 0 <= value <= 1):
+            if value is not None and not (is_number(value) and 0 <= value <= 1):
                 raise ConfigError(f"gate: {name} must be a number in [0, 1], not {value!r}")
         for name in ("max_errors", "min_judged"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ConfigError(f"gate: {name} must be an integer >= 0, not {value!r}")
         _check_dimensions(self.min_dimension_mean, "min_dimension_mean")
-        if not (_number(self.confidence) and 0 < self.confidence < 1):
+        if not (is_number(self.confidence) and 0 < self.confidence < 1):
             raise ConfigError(f"gate: confidence must be in (0, 1), not {self.confidence!r}")
         if not isinstance(self.bootstrap, int) or self.bootstrap < 100:
             raise ConfigError(f"gate: bootstrap must be an integer >= 100, not {self.bootstrap!r}")
@@ -71,17 +71,13 @@ class GateConfig:
         return self
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
 def _check_dimensions(mapping, where: str) -> None:
     if not isinstance(mapping, dict):
         raise ConfigError(f"gate: {where} must map dimensions to minimum means")
     for dim, value in mapping.items():
         if dim not in DIMENSIONS:
             raise ConfigError(f"gate: {where}: unknown dimension {dim!r} (known: {', '.join(DIMENSIONS)})")
-        if not (_number(value) and 0 <= value <= 25):
+        if not (is_number(value) and 0 <= value <= 25):
             raise ConfigError(f"gate: {where}.{dim} must be a number in 0..25, not {value!r}")
 
 
