@@ -26,7 +26,7 @@ import yaml
 from .aggregate import DIMENSIONS
 from .errors import ConfigError, ScoresFileError
 from .numbers import is_number
-from .rescore import read_scores
+from .results import read_records
 from .summary import SummaryBuilder
 
 THRESHOLD_KEYS = ("min_mean_reward", "min_pass_rate", "min_dimension_mean", "max_errors", "min_judged")
@@ -169,7 +169,7 @@ def _scope_checks(stats: dict, limits: dict, scope: str) -> list[Check]:
 def _reward_map(path: Path) -> tuple[dict[str, float | None], set[str]]:
     rewards: dict[str, float | None] = {}
     hashes: set[str] = set()
-    for record in read_scores(path):
+    for record in read_records(path):
         rewards[record["id"]] = record["reward"] if record.get("status") == "ok" else None
         if record.get("config_hash"):
             hashes.add(record["config_hash"])
@@ -206,7 +206,7 @@ def compare(run: Path, baseline: Path, config: GateConfig, *, allow_config_misma
     only_run: list[str] = []
     not_ok: list[str] = []
     seen: set[str] = set()
-    for record in read_scores(run):
+    for record in read_records(run):
         rid = record["id"]
         if rid not in base:
             only_run.append(rid)
@@ -246,7 +246,7 @@ def run_gate(scores: Path, config: GateConfig, *, baseline: Path | None = None,
     hashes: set[str] = set()
     counter = 0
     heap: list = []
-    for record in read_scores(scores):
+    for record in read_records(scores):
         builder.add(record)
         if record.get("config_hash"):
             hashes.add(record["config_hash"])

@@ -7,23 +7,12 @@ recomputed for the new aggregation; groups are re-ranked.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable, Iterator
 
 from .aggregate import DIMENSIONS, Scores, aggregate
 from .config import Aggregation, config_hash
 from .errors import ScoresFileError
-from .output import iter_records
 from .records import rank_group, reward_fields
-
-
-def read_scores(path: Path) -> Iterator[dict]:
-    if not Path(path).is_file():
-        raise ScoresFileError(f"scores file {path}: no such file")
-    try:
-        yield from iter_records(Path(path))
-    except ValueError as exc:
-        raise ScoresFileError(str(exc)) from None
 
 
 def rescore_record(record: dict, aggregation: Aggregation) -> dict:

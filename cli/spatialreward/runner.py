@@ -12,10 +12,10 @@ from typing import Callable, Iterable, Iterator
 
 from .errors import StrictStop
 from .judge import Judge
-from .output import RecordWriter, ResumeState, id_key, iter_records, prepare, summary_path
+from .output import RecordWriter, ResumeState, id_key, prepare, summary_path
 from .records import rank_group
 from .sample import Sample
-from .summary import SummaryBuilder, summarize
+from .summary import SummaryBuilder, summarize_file
 
 
 @dataclass
@@ -100,7 +100,7 @@ def run(
     if output is None:
         summary = streamed.result()
     else:  # the whole file: records of earlier (resumed) runs count too
-        summary = summarize(iter_records(output), judge.config.threshold)
+        summary = summarize_file(output, judge.config.threshold)
         summary_file = summary_path(output)
         summary_file.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return RunReport(summary=summary, written=written, skipped=skipped, resume=resume, summary_file=summary_file)
