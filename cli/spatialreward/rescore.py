@@ -13,6 +13,7 @@ from .aggregate import DIMENSIONS, Scores, aggregate
 from .config import Aggregation, config_hash
 from .errors import ScoresFileError
 from .records import rank_group, reward_fields
+from .results import walk_units
 
 
 def rescore_record(record: dict, aggregation: Aggregation) -> dict:
@@ -30,15 +31,5 @@ def rescore_record(record: dict, aggregation: Aggregation) -> dict:
 
 def rescore(records: Iterable[dict], aggregation: Aggregation) -> Iterator[dict]:
     """Rescored records in input order; multi-candidate groups re-ranked."""
-    group: list[dict] = []
-    for record in records:
-        new = rescore_record(record, aggregation)
-        if group and new.get("group") != group[0].get("group"):
-            yield from rank_group(group)
-            group = []
-        if new.get("group") is not None:
-            group.append(new)
-        else:
-            yield new
-    if group:
-        yield from rank_group(group)
+    for unit in walk_units(rescore_record(record, aggregation) for record in records):
+        yield from (unit.items if unit.group is None else rank_group(unit.items))

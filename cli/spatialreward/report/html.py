@@ -4,12 +4,12 @@ One pass over the scores file (streamed) gives three things at once:
 
 - the summary of ALL records (``spatialreward.summary``), and a reward
   histogram (fixed bins: constant memory);
-- the table's rows, each a *unit*: a single record, or a multi-candidate
-  group (the records sharing ``group``, consecutive in the file) in rank
-  order, best first, error candidates last. Rows keep only what the page
-  shows (long texts truncated, no raw answers). With ``limit`` only the
-  ``limit`` worst rows are kept, in a bounded heap, so memory does not grow
-  with the file;
+- the table's rows, each a *unit* (``results.walk_units``): a single record,
+  or a multi-candidate group (the records sharing ``group``, consecutive in
+  the file) in rank order, best first, error candidates last. Rows keep only
+  what the page shows (long texts truncated, no raw answers). With ``limit``
+  only the ``limit`` worst rows are kept, in a bounded heap, so memory does
+  not grow with the file;
 - the worst records for the Markdown summary (a bounded heap as well).
 
 Default order, "worst first": by reward ascending, a group by its BEST
@@ -45,7 +45,7 @@ from .. import __version__
 from ..aggregate import DIMENSIONS
 from ..numbers import is_number
 from ..resources import read_template
-from ..results import read_records
+from ..results import read_records, walk_units
 from ..summary import METRICS, STAGES, SummaryBuilder
 from .thumbnails import THUMBNAIL_SIDE, ThumbnailStore
 
@@ -206,40 +206,28 @@ def collect(records: Iterable[dict], *, threshold: float, limit: int | None = No
     histogram = [0] * HISTOGRAM_BINS
     units = _Worst(limit)
     worst_records = _Worst(worst)
-    counts = {"units": 0, "groups": 0}
-    pending: list[dict] = []
-
-    def emit(members: list[dict]) -> None:
+    number = units_total = groups_total = 0
+    for unit in walk_units(records):
+        members = []
+        for record in unit:
+            number += 1
+            builder.add(record)
+            ok = record.get("status") == "ok"
+            if ok:
+                histogram[min(HISTOGRAM_BINS - 1, max(0, int(record["reward"] * HISTOGRAM_BINS)))] += 1
+            worst_records.add(_key(record["reward"] if ok else None, number), worst_record(record))
+            members.append(page_record(record))
         members.sort(key=_rank_order)
         best = members[0].get("r")  # rank order: the best candidate first, errors last
-        units.add(_key(best, counts["units"]), members)
-        counts["units"] += 1
-        counts["groups"] += members[0].get("g") is not None
-
-    number = 0
-    for number, record in enumerate(records, start=1):
-        builder.add(record)
-        ok = record.get("status") == "ok"
-        if ok:
-            histogram[min(HISTOGRAM_BINS - 1, max(0, int(record["reward"] * HISTOGRAM_BINS)))] += 1
-        worst_records.add(_key(record["reward"] if ok else None, number), worst_record(record))
-        row = page_record(record)
-        group = row.get("g")
-        if pending and (group is None or group != pending[0].get("g")):
-            emit(pending)
-            pending = []
-        if group is not None:
-            pending.append(row)
-        else:
-            emit([row])
-    if pending:
-        emit(pending)
+        units.add(_key(best, units_total), members)
+        units_total += 1
+        groups_total += unit.group is not None
     return ReportData(
         summary=builder.result(),
         units=units.sorted(),
-        units_total=counts["units"],
+        units_total=units_total,
         records_total=number,
-        groups_total=counts["groups"],
+        groups_total=groups_total,
         histogram=histogram,
         worst=worst_records.sorted(),
         limit=limit,
