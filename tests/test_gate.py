@@ -99,6 +99,12 @@ def test_unknown_gate_keys_and_bad_values_are_usage_errors(tmp_path):
     assert gate(tmp_path, RUN, "--min-dimension", "success").exit_code == 2
 
 
+def test_dimension_minimum_within_the_score_range():
+    assert load_gate_config(None, {"min_dimension_mean": {"success": 25}}).min_dimension_mean == {"success": 25}
+    with pytest.raises(ConfigError, match=r"min_dimension_mean\.success must be a number in 0\.\.25, not 25\.5"):
+        load_gate_config(None, {"min_dimension_mean": {"success": 25.5}})
+
+
 def test_unreadable_scores_file_is_invalid_input(tmp_path):
     result = CliRunner().invoke(main, ["gate", str(tmp_path / "nope.jsonl")])
     assert result.exit_code == 3 and "no such file" in result.output

@@ -259,3 +259,11 @@ def test_pixel_box():
     assert pixel_box([100, 250, 500, 750], (600, 400)) == [60, 100, 300, 300]
     assert pixel_box([333, 0, 667, 1000], (300, 512)) == [100, 0, 200, 512]
     assert pixel_box([1, 1, 2, 2], None) is None
+
+
+def test_raw_score_range_is_the_score_range():
+    assert rescore_record(ok_record("top", (25, 25, 25, 25)), DEFAULT)["reward"] == pytest.approx(1.0)
+    record = ok_record("over", (20, 15, 22, 18))
+    record["scores"]["artifacts"] = 25.5
+    with pytest.raises(ScoresFileError, match=r"'over': ok record without four raw scores in 0\.\.25$"):
+        rescore_record(record, DEFAULT)

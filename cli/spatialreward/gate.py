@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from .aggregate import DIMENSIONS
+from .constants import SCORE_RANGE
 from .errors import ConfigError, ScoresFileError
 from .numbers import is_number
 from .results import read_records
@@ -77,8 +78,8 @@ def _check_dimensions(mapping, where: str) -> None:
     for dim, value in mapping.items():
         if dim not in DIMENSIONS:
             raise ConfigError(f"gate: {where}: unknown dimension {dim!r} (known: {', '.join(DIMENSIONS)})")
-        if not (is_number(value) and 0 <= value <= 25):
-            raise ConfigError(f"gate: {where}.{dim} must be a number in 0..25, not {value!r}")
+        if not (is_number(value) and 0 <= value <= SCORE_RANGE):
+            raise ConfigError(f"gate: {where}.{dim} must be a number in 0..{SCORE_RANGE:g}, not {value!r}")
 
 
 def load_gate_config(path: str | Path | None, overrides: dict) -> GateConfig:

@@ -11,7 +11,9 @@ from typing import Iterable, Iterator
 
 from .aggregate import DIMENSIONS, Scores, aggregate
 from .config import Aggregation, config_hash
+from .constants import SCORE_RANGE
 from .errors import ScoresFileError
+from .numbers import is_number
 from .records import rank_group, reward_fields
 from .results import walk_units
 
@@ -21,8 +23,9 @@ def rescore_record(record: dict, aggregation: Aggregation) -> dict:
     if record.get("status") == "ok":
         raw = record.get("scores") or {}
         values = [raw.get(d) for d in DIMENSIONS]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 25 for v in values):
-            raise ScoresFileError(f"record {record.get('id')!r}: ok record without four raw scores in 0..25")
+        if not all(is_number(v) and 0 <= v <= SCORE_RANGE for v in values):
+            raise ScoresFileError(
+                f"record {record.get('id')!r}: ok record without four raw scores in 0..{SCORE_RANGE:g}")
         out.update(reward_fields(aggregate(Scores(*values), aggregation)))
     if record.get("judge_hash"):
         out["config_hash"] = config_hash(record["judge_hash"], aggregation)
