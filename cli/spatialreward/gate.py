@@ -9,10 +9,12 @@ Baseline rule (``--baseline``): edits are paired by id where both runs judged
 them (status ok). d = reward(run) - reward(baseline) per pair; the mean d and a
 seeded percentile-bootstrap confidence interval of the mean (``confidence``,
 default 95 %, ``bootstrap`` resamples) are reported. The gate fails when the
-mean d is below ``-max_drop`` AND the interval's upper bound is below 0: the run
-is worse by more than the tolerated drop, and the interval shows the drop is
-real rather than noise. Unpaired ids are counted and listed, never dropped
-silently.
+interval's upper bound is below ``-max_drop`` (a non-inferiority margin): even
+the best mean change the interval allows is a larger drop than the tolerated
+one, so the run is worse by more than ``max_drop`` and that is not noise. A
+drop within ``max_drop`` passes, however certain; with ``max_drop`` 0 any drop
+whose interval excludes 0 fails. Unpaired ids are counted and listed, never
+dropped silently.
 """
 
 from __future__ import annotations
@@ -230,7 +232,7 @@ def compare(run: Path, baseline: Path, config: GateConfig, *, allow_config_misma
     if deltas:
         mean = sum(deltas) / len(deltas)
         low, high = bootstrap_ci(deltas, config.confidence, config.bootstrap, config.seed)
-        regression = mean < -config.max_drop and high < 0
+        regression = high < -config.max_drop
     return Comparison(
         paired=len(deltas), mean_delta=mean, ci_low=low, ci_high=high, wins=wins, ties=ties, losses=losses,
         only_run=only_run, only_baseline=only_baseline, not_ok=not_ok, max_drop=config.max_drop,
