@@ -99,6 +99,12 @@ def test_unknown_gate_keys_and_bad_values_are_usage_errors(tmp_path):
     assert gate(tmp_path, RUN, "--min-dimension", "success").exit_code == 2
 
 
+def test_dimension_minimum_within_the_score_range():
+    assert load_gate_config(None, {"min_dimension_mean": {"success": 25}}).min_dimension_mean == {"success": 25}
+    with pytest.raises(ConfigError, match=r"min_dimension_mean\.success must be a number in 0\.\.25, not 25\.5"):
+        load_gate_config(None, {"min_dimension_mean": {"success": 25.5}})
+
+
 def test_unreadable_scores_file_is_invalid_input(tmp_path):
     result = CliRunner().invoke(main, ["gate", str(tmp_path / "nope.jsonl")])
     assert result.exit_code == 3 and "no such file" in result.output
@@ -142,6 +148,48 @@ def test_small_real_drop_within_tolerance_passes(tmp_path):
     assert result.exit_code == 0, result.output
     result = gate(tmp_path, run, "--max-drop", "0.005", baseline=base)
     assert result.exit_code == 1
+
+
+def _shifted(deltas):
+    """(run, baseline) whose paired reward changes are exactly ``deltas``."""
+    base = [ok(f"e{i}", 0.5) for i in range(len(deltas))]
+    return [ok(f"e{i}", round(0.5 + d, 6)) for i, d in enumerate(deltas)], base
+
+
+def _comparison(tmp_path, deltas, max_drop):
+    run, base = _shifted(deltas)
+    scores, baseline = write_jsonl(tmp_path / "r.jsonl", run), write_jsonl(tmp_path / "b.jsonl", base)
+    return run_gate(scores, GateConfig(max_drop=max_drop).validate(), baseline=baseline).comparison
+
+
+def test_a_real_drop_within_max_drop_passes(tmp_path):
+    deltas = [-0.019, -0.021] * 50  # mean -0.02, interval about [-0.0202, -0.0198]: real, but tolerated
+    c = _comparison(tmp_path, deltas, 0.05)
+    assert c.mean_delta == pytest.approx(-0.02) and c.ci_high < 0 and not c.regression
+    run, base = _shifted(deltas)
+    assert gate(tmp_path, run, "--max-drop", "0.05", baseline=base).exit_code == 0
+    assert _comparison(tmp_path, deltas, 0.0).regression  # not tolerated at all: fails
+
+
+def test_a_drop_whose_interval_lies_below_minus_max_drop_fails(tmp_path):
+    deltas = [-0.07, -0.09] * 50  # mean -0.08, interval about [-0.082, -0.078]
+    c = _comparison(tmp_path, deltas, 0.05)
+    assert c.ci_high < -0.05 and c.regression
+    run, base = _shifted(deltas)
+    result = gate(tmp_path, run, "--max-drop", "0.05", baseline=base)
+    assert result.exit_code == 1 and "REGRESSION" in result.output
+    assert "fails when the CI's upper bound < -0.05" in result.output
+
+
+def test_the_interval_not_the_mean_is_tested_against_max_drop(tmp_path):
+    """A mean drop beyond max_drop whose interval still reaches above -max_drop
+    is not shown to be worse than tolerated: it passes (the former rule, mean <
+    -max_drop and upper bound < 0, failed it)."""
+    deltas = [-0.16, 0.04] * 20  # mean -0.06, interval about [-0.09, -0.03]
+    c = _comparison(tmp_path, deltas, 0.05)
+    assert c.mean_delta == pytest.approx(-0.06) and -0.05 < c.ci_high < 0
+    assert not c.regression
+    assert _comparison(tmp_path, deltas, 0.02).regression  # upper bound -0.03 < -0.02
 
 
 def test_bootstrap_is_seeded_and_covers_the_mean():

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import read_jsonl, write_jsonl
 from spatialreward.errors import OutputConflictError
-from spatialreward.output import RecordWriter, id_key, iter_records, prepare, summary_path
+from spatialreward.output import RecordWriter, id_key, prepare, summary_path
+from spatialreward.results import read_records
 
 HASH = "cfg0000000000001"
 OTHER = "cfg0000000000002"
@@ -21,6 +22,7 @@ def rec(rid, status="ok", group=None, group_size=None, config_hash=HASH, **extra
     if status != "ok":
         record["error"] = {"stage": "parse", "message": "bad"}
     else:
+        record.update(overall=5.0, sc=5.0, pq=5.0)
         record["scores"] = {"success": 20, "overediting": 20, "naturalness": 20, "artifacts": 20}
     if group is not None:
         record.update(group=group, group_size=group_size, candidate=int(rid.rsplit("#", 1)[-1]), rank=None)
@@ -288,21 +290,21 @@ def test_summary_path():
     assert summary_path(Path("a/b.c.jsonl")) == Path("a/b.c.summary.json")
 
 
-def test_iter_records(tmp_path):
+def test_read_records(tmp_path):
     path = write_jsonl(tmp_path / "s.jsonl", [rec("a"), "", rec("b")])
-    assert [r["id"] for r in iter_records(path)] == ["a", "b"]
+    assert [r["id"] for r in read_records(path)] == ["a", "b"]
 
 
 @pytest.mark.parametrize("line", ["nope", '{"id": "x"}', "[1]"])
-def test_iter_records_bad_line(tmp_path, line):
+def test_read_records_bad_line(tmp_path, line):
     path = write_jsonl(tmp_path / "s.jsonl", [rec("a"), line])
     with pytest.raises(ValueError, match=":2"):
-        list(iter_records(path))
+        list(read_records(path))
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
-def test_iter_records_refuses_non_finite_numbers(tmp_path, constant):
+def test_read_records_refuses_non_finite_numbers(tmp_path, constant):
     line = json.dumps(rec("a")).replace('"reward": 0.5', f'"reward": {constant}')
     path = write_jsonl(tmp_path / "s.jsonl", [rec("b"), line])
     with pytest.raises(ValueError, match=":2"):
-        list(iter_records(path))
+        list(read_records(path))

@@ -12,7 +12,8 @@ from spatialreward.aggregate import Scores, aggregate
 from spatialreward.config import Aggregation, config_hash
 from spatialreward.errors import ScoresFileError
 from spatialreward.records import pixel_box, rank_group, reward_fields
-from spatialreward.rescore import read_scores, rescore, rescore_record
+from spatialreward.rescore import rescore, rescore_record
+from spatialreward.results import read_records
 
 JUDGE = "judge00000000001"
 DEFAULT = Aggregation()
@@ -215,18 +216,18 @@ def test_rescore_bad_record_raises():
 
 def test_read_scores_roundtrip(tmp_path):
     path = write_jsonl(tmp_path / "s.jsonl", [ok_record("a", (1, 2, 3, 4)), error_record("b")])
-    assert [r["id"] for r in read_scores(path)] == ["a", "b"]
+    assert [r["id"] for r in read_records(path)] == ["a", "b"]
 
 
 def test_read_scores_missing_file(tmp_path):
     with pytest.raises(ScoresFileError, match="no such file"):
-        list(read_scores(tmp_path / "nope.jsonl"))
+        list(read_records(tmp_path / "nope.jsonl"))
 
 
 def test_read_scores_bad_line(tmp_path):
     path = write_jsonl(tmp_path / "s.jsonl", [ok_record("a", (1, 2, 3, 4)), "garbage"])
     with pytest.raises(ScoresFileError, match=":2"):
-        list(read_scores(path))
+        list(read_records(path))
 
 
 # --- records helpers ---------------------------------------------------------------------------
@@ -258,3 +259,11 @@ def test_pixel_box():
     assert pixel_box([100, 250, 500, 750], (600, 400)) == [60, 100, 300, 300]
     assert pixel_box([333, 0, 667, 1000], (300, 512)) == [100, 0, 200, 512]
     assert pixel_box([1, 1, 2, 2], None) is None
+
+
+def test_raw_score_range_is_the_score_range():
+    assert rescore_record(ok_record("top", (25, 25, 25, 25)), DEFAULT)["reward"] == pytest.approx(1.0)
+    record = ok_record("over", (20, 15, 22, 18))
+    record["scores"]["artifacts"] = 25.5
+    with pytest.raises(ScoresFileError, match=r"'over': ok record without four raw scores in 0\.\.25$"):
+        rescore_record(record, DEFAULT)

@@ -20,6 +20,7 @@ import yaml
 
 from .constants import DEFAULT_MODEL, MAX_PIXELS, MIN_PIXELS
 from .errors import ConfigError
+from .numbers import is_number
 from .resources import read_template
 
 STRATEGIES = ("weighted_geometric", "min_geometric", "mean")
@@ -35,9 +36,9 @@ class Aggregation:
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"aggregation.strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
-        if len(self.weights) != 4 or any(not _is_number(w) or w < 0 for w in self.weights):
+        if len(self.weights) != 4 or any(not is_number(w) or w < 0 for w in self.weights):
             raise ConfigError(f"aggregation.weights must be four numbers >= 0, not {list(self.weights)!r}")
-        if not _is_number(self.alpha) or not 0.0 <= self.alpha <= 1.0:
+        if not is_number(self.alpha) or not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"aggregation.alpha must be a number in [0, 1], not {self.alpha!r}")
 
 
@@ -66,9 +67,9 @@ class Generation:
         _check_int("generation.max_pixels", self.max_pixels, 1)
         if self.min_pixels > self.max_pixels:
             raise ConfigError(f"generation.min_pixels ({self.min_pixels}) exceeds max_pixels ({self.max_pixels})")
-        if not _is_number(self.temperature) or self.temperature < 0:
+        if not is_number(self.temperature) or self.temperature < 0:
             raise ConfigError(f"generation.temperature must be a number >= 0, not {self.temperature!r}")
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+        if not is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise ConfigError(f"generation.top_p must be in (0, 1], not {self.top_p!r}")
         if self.structured not in STRUCTURED_MODES:
             raise ConfigError(f"generation.structured must be one of {', '.join(STRUCTURED_MODES)}, not {self.structured!r}")
@@ -93,7 +94,7 @@ class JudgeConfig:
             raise ConfigError("model must be a hub id or a local folder")
         self.aggregation.validate()
         self.generation.validate()
-        if not _is_number(self.threshold) or not 0 <= self.threshold <= 1:
+        if not is_number(self.threshold) or not 0 <= self.threshold <= 1:
             raise ConfigError(f"threshold must be a number in [0, 1], not {self.threshold!r}")
         _check_int("batch_size", self.batch_size, 1)
         return self
@@ -122,10 +123,6 @@ def config_hash(judge_hash: str, aggregation: Aggregation) -> str:
 def _digest(payload: dict) -> str:
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=list)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

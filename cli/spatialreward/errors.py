@@ -73,5 +73,6 @@ class ParseError(SampleError):
     stage = "parse"
 
 
-class ScoresFileError(SpatialRewardError):
-    """A results (scores) file cannot be read or holds an invalid record."""
+class ScoresFileError(SpatialRewardError, ValueError):
+    """A results (scores) file cannot be read or holds an invalid record
+    (a ``ValueError`` too: the file's content is a bad value)."""

@@ -9,15 +9,16 @@ Baseline rule (``--baseline``): edits are paired by id where both runs judged
 them (status ok). d = reward(run) - reward(baseline) per pair; the mean d and a
 seeded percentile-bootstrap confidence interval of the mean (``confidence``,
 default 95 %, ``bootstrap`` resamples) are reported. The gate fails when the
-mean d is below ``-max_drop`` AND the interval's upper bound is below 0: the run
-is worse by more than the tolerated drop, and the interval shows the drop is
-real rather than noise. Unpaired ids are counted and listed, never dropped
-silently.
+interval's upper bound is below ``-max_drop`` (a non-inferiority margin): even
+the best mean change the interval allows is a larger drop than the tolerated
+one, so the run is worse by more than ``max_drop`` and that is not noise. A
+drop within ``max_drop`` passes, however certain; with ``max_drop`` 0 any drop
+whose interval excludes 0 fails. Unpaired ids are counted and listed, never
+dropped silently.
 """
 
 from __future__ import annotations
 
-import math
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,10 @@ from pathlib import Path
 import yaml
 
 from .aggregate import DIMENSIONS
+from .constants import SCORE_RANGE
 from .errors import ConfigError, ScoresFileError
-from .rescore import read_scores
+from .numbers import is_number
+from .results import read_records
 from .summary import SummaryBuilder
 
 THRESHOLD_KEYS = ("min_mean_reward", "min_pass_rate", "min_dimension_mean", "max_errors", "min_judged")
@@ -50,14 +53,14 @@ class GateConfig:
     def validate(self) -> "GateConfig":
         for name in ("min_mean_reward", "min_pass_rate", "pass_threshold", "max_drop"):
             value = getattr(self, name)
-            if value is not None and not (_number(value) and 0 <= value <= 1):
+            if value is not None and not (is_number(value) and 0 <= value <= 1):
                 raise ConfigError(f"gate: {name} must be a number in [0, 1], not {value!r}")
         for name in ("max_errors", "min_judged"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ConfigError(f"gate: {name} must be an integer >= 0, not {value!r}")
         _check_dimensions(self.min_dimension_mean, "min_dimension_mean")
-        if not (_number(self.confidence) and 0 < self.confidence < 1):
+        if not (is_number(self.confidence) and 0 < self.confidence < 1):
             raise ConfigError(f"gate: confidence must be in (0, 1), not {self.confidence!r}")
         if not isinstance(self.bootstrap, int) or self.bootstrap < 100:
             raise ConfigError(f"gate: bootstrap must be an integer >= 100, not {self.bootstrap!r}")
@@ -71,18 +74,14 @@ class GateConfig:
         return self
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
 def _check_dimensions(mapping, where: str) -> None:
     if not isinstance(mapping, dict):
         raise ConfigError(f"gate: {where} must map dimensions to minimum means")
     for dim, value in mapping.items():
         if dim not in DIMENSIONS:
             raise ConfigError(f"gate: {where}: unknown dimension {dim!r} (known: {', '.join(DIMENSIONS)})")
-        if not (_number(value) and 0 <= value <= 25):
-            raise ConfigError(f"gate: {where}.{dim} must be a number in 0..25, not {value!r}")
+        if not (is_number(value) and 0 <= value <= SCORE_RANGE):
+            raise ConfigError(f"gate: {where}.{dim} must be a number in 0..{SCORE_RANGE:g}, not {value!r}")
 
 
 def load_gate_config(path: str | Path | None, overrides: dict) -> GateConfig:
@@ -173,7 +172,7 @@ def _scope_checks(stats: dict, limits: dict, scope: str) -> list[Check]:
 def _reward_map(path: Path) -> tuple[dict[str, float | None], set[str]]:
     rewards: dict[str, float | None] = {}
     hashes: set[str] = set()
-    for record in read_scores(path):
+    for record in read_records(path):
         rewards[record["id"]] = record["reward"] if record.get("status") == "ok" else None
         if record.get("config_hash"):
             hashes.add(record["config_hash"])
@@ -210,7 +209,7 @@ def compare(run: Path, baseline: Path, config: GateConfig, *, allow_config_misma
     only_run: list[str] = []
     not_ok: list[str] = []
     seen: set[str] = set()
-    for record in read_scores(run):
+    for record in read_records(run):
         rid = record["id"]
         if rid not in base:
             only_run.append(rid)
@@ -233,7 +232,7 @@ def compare(run: Path, baseline: Path, config: GateConfig, *, allow_config_misma
     if deltas:
         mean = sum(deltas) / len(deltas)
         low, high = bootstrap_ci(deltas, config.confidence, config.bootstrap, config.seed)
-        regression = mean < -config.max_drop and high < 0
+        regression = high < -config.max_drop
     return Comparison(
         paired=len(deltas), mean_delta=mean, ci_low=low, ci_high=high, wins=wins, ties=ties, losses=losses,
         only_run=only_run, only_baseline=only_baseline, not_ok=not_ok, max_drop=config.max_drop,
@@ -250,7 +249,7 @@ def run_gate(scores: Path, config: GateConfig, *, baseline: Path | None = None,
     hashes: set[str] = set()
     counter = 0
     heap: list = []
-    for record in read_scores(scores):
+    for record in read_records(scores):
         builder.add(record)
         if record.get("config_hash"):
             hashes.add(record["config_hash"])

@@ -30,7 +30,8 @@ def comparison_lines(comparison: Comparison) -> list[str]:
             f"wins {c.wins}, ties {c.ties}, losses {c.losses}"
         )
         verdict = "REGRESSION" if c.regression else "no regression"
-        lines.append(f"  {verdict} (fails when mean change < -{c.max_drop:g} and the CI's upper bound < 0)")
+        bound = f"-{c.max_drop:g}" if c.max_drop else "0"
+        lines.append(f"  {verdict} (fails when the CI's upper bound < {bound}: a drop beyond the tolerated one)")
     for label, ids in (("only in this run", c.only_run), ("only in the baseline", c.only_baseline),
                        ("not judged ok in one run", c.not_ok)):
         if ids:
@@ -102,8 +103,8 @@ def annotations(result: GateResult, *, max_warnings: int = 5) -> list[tuple[str,
     if result.comparison and result.comparison.regression:
         c = result.comparison
         out.append(("error", "spatialreward gate: regression",
-                    f"mean reward change {c.mean_delta:+.4f} vs baseline (CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}]) "
-                    f"exceeds the tolerated drop {c.max_drop:g}"))
+                    f"mean reward change {c.mean_delta:+.4f} vs baseline (CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}]): "
+                    f"even the CI's upper bound is a larger drop than the tolerated {c.max_drop:g}"))
     for record in result.worst[:max_warnings]:
         out.append(("warning", f"low reward: {record['id']}",
                     f"reward {record['reward']:.3f}: {record.get('instruction')} ({record.get('edited')})"))

@@ -20,6 +20,7 @@ from .errors import InputError, ModelError, ParseError, SampleError
 from .images import load_image
 from .parse import PQAnswer, SCAnswer, parse_pq, parse_sc
 from .prompts import prompts_fingerprint
+from .records import build_record
 from .requests import PQ, SC, Request, pq_request, sc_request
 from .sample import Sample
 
@@ -61,8 +62,6 @@ class JudgeResult:
 
     def to_record(self) -> dict:
         """The JSON record ``spatialreward judge`` writes for this result."""
-        from .records import build_record
-
         if self.judge is None:
             raise ValueError("to_record() needs a result produced by a Judge")
         return build_record(self, model=self.judge.config.model, judge_hash=self.judge.judge_hash,

@@ -14,8 +14,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from .errors import OutputConflictError
+from .results import walk_units
 
 
 def id_key(sample_id: str) -> bytes:
@@ -32,9 +34,20 @@ class ResumeState:
 
 def _scan(path: Path, config_hash: str) -> tuple[int, int, int]:
     """(bytes of complete content, records kept, byte offset of a trailing incomplete group or -1)."""
-    good_end = 0
-    kept = 0
-    group, group_start, group_count, group_size = None, -1, 0, 0
+    good_end = kept = 0
+    last = None
+    for unit in walk_units(_lines(path, config_hash), key=lambda line: line[2]):
+        good_end = unit.items[-1][1]
+        kept += len(unit)
+        last = unit
+    incomplete = last.items[0][0] if last is not None and not last.complete else -1
+    return good_end, kept, incomplete
+
+
+def _lines(path: Path, config_hash: str) -> Iterator[tuple[int, int, dict]]:
+    """(start offset, end offset, record) of each complete line of ``path``,
+    up to a torn last line; refuses a bad line before the last one and
+    another config's record."""
     with path.open("rb") as handle:
         offset = 0
         for number, line in enumerate(handle, start=1):
@@ -48,24 +61,14 @@ def _scan(path: Path, config_hash: str) -> tuple[int, int, int]:
                     raise OutputConflictError(
                         f"{path}:{number}: not a spatialreward record; fix the file, or use --overwrite or another -o"
                     )
-                break  # torn last line
+                return  # torn last line
             if record.get("config_hash") != config_hash:
                 raise OutputConflictError(
                     f"{path}:{number}: recorded under config {record.get('config_hash')!r}, this run is "
                     f"{config_hash!r} (different model, prompts, decoding or aggregation): use --overwrite to "
                     "start fresh or write to another -o"
                 )
-            if record.get("group") is not None:
-                if record["group"] != group:
-                    group, group_start, group_count = record["group"], start, 0
-                    group_size = int(record.get("group_size") or 0)
-                group_count += 1
-            else:
-                group, group_count, group_size = None, 0, 0
-            good_end = offset
-            kept += 1
-    incomplete = group_start if group is not None and group_count < group_size else -1
-    return good_end, kept, incomplete
+            yield start, offset, record
 
 
 def prepare(path: Path, config_hash: str, *, overwrite: bool, retry_errors: bool) -> ResumeState:
@@ -98,23 +101,11 @@ def _drop_errors(path: Path) -> int:
     tmp = path.with_name(path.name + ".tmp")
     dropped = 0
     with path.open("rb") as src, tmp.open("wb") as dst:
-        pending: list[tuple[bytes, dict]] = []
-
-        def flush() -> None:
-            nonlocal dropped
-            if any(r["status"] != "ok" for _, r in pending):
-                dropped += len(pending)
+        for unit in walk_units(((line, json.loads(line)) for line in src), key=lambda item: item[1]):
+            if any(record["status"] != "ok" for _, record in unit):
+                dropped += len(unit)
             else:
-                dst.write(b"".join(line for line, _ in pending))
-            pending.clear()
-
-        for line in src:
-            record = json.loads(line)
-            if pending and (record.get("group") is None or record.get("group") != pending[0][1].get("group")):
-                flush()
-            pending.append((line, record))
-        if pending:
-            flush()
+                dst.write(b"".join(line for line, _ in unit))
     os.replace(tmp, path)
     return dropped
 
@@ -149,47 +140,3 @@ def summary_path(output: Path) -> Path:
     """``scores.jsonl`` -> ``scores.summary.json`` next to it."""
     stem = output.name[: -len(output.suffix)] if output.suffix else output.name
     return output.with_name(f"{stem}.summary.json")
-
-
-def iter_records(path: Path):
-    """Records of a results file, one at a time; raises ValueError naming a bad line."""
-    with path.open("r", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line, parse_constant=_reject_constant)
-            except ValueError as exc:
-                raise ValueError(f"{path}:{number}: invalid JSON ({exc})") from None
-            problem = record_problem(record)
-            if problem:
-                raise ValueError(f"{path}:{number}: not a valid spatialreward record ({problem})")
-            yield record
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a valid number")
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def record_problem(record) -> str | None:
-    """Why ``record`` is not a usable judge record, or None."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    if not isinstance(record.get("id"), str):
-        return "no 'id'"
-    status = record.get("status")
-    if status == "ok":
-        if not _number(record.get("reward")) or not 0 <= record["reward"] <= 1:
-            return "ok record without a reward in [0, 1]"
-        scores = record.get("scores")
-        dims = ("success", "overediting", "naturalness", "artifacts")
-        if not isinstance(scores, dict) or not all(_number(scores.get(d)) for d in dims):
-            return "ok record without its four raw scores"
-        return None
-    if status == "error":
-        return None if isinstance(record.get("error"), dict) else "error record without an 'error' object"
-    return f"status must be 'ok' or 'error', not {status!r}"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .aggregate import DIMENSIONS, Reward, Scores
-from .judge import JudgeResult
+
+if TYPE_CHECKING:  # judge imports this module; only the annotation needs judge
+    from .judge import JudgeResult
 
 RECORD_VERSION = 1
 

@@ -7,23 +7,15 @@ recomputed for the new aggregation; groups are re-ranked.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable, Iterator
 
 from .aggregate import DIMENSIONS, Scores, aggregate
 from .config import Aggregation, config_hash
+from .constants import SCORE_RANGE
 from .errors import ScoresFileError
-from .output import iter_records
+from .numbers import is_number
 from .records import rank_group, reward_fields
-
-
-def read_scores(path: Path) -> Iterator[dict]:
-    if not Path(path).is_file():
-        raise ScoresFileError(f"scores file {path}: no such file")
-    try:
-        yield from iter_records(Path(path))
-    except ValueError as exc:
-        raise ScoresFileError(str(exc)) from None
+from .results import walk_units
 
 
 def rescore_record(record: dict, aggregation: Aggregation) -> dict:
@@ -31,8 +23,9 @@ def rescore_record(record: dict, aggregation: Aggregation) -> dict:
     if record.get("status") == "ok":
         raw = record.get("scores") or {}
         values = [raw.get(d) for d in DIMENSIONS]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 25 for v in values):
-            raise ScoresFileError(f"record {record.get('id')!r}: ok record without four raw scores in 0..25")
+        if not all(is_number(v) and 0 <= v <= SCORE_RANGE for v in values):
+            raise ScoresFileError(
+                f"record {record.get('id')!r}: ok record without four raw scores in 0..{SCORE_RANGE:g}")
         out.update(reward_fields(aggregate(Scores(*values), aggregation)))
     if record.get("judge_hash"):
         out["config_hash"] = config_hash(record["judge_hash"], aggregation)
@@ -41,15 +34,5 @@ def rescore_record(record: dict, aggregation: Aggregation) -> dict:
 
 def rescore(records: Iterable[dict], aggregation: Aggregation) -> Iterator[dict]:
     """Rescored records in input order; multi-candidate groups re-ranked."""
-    group: list[dict] = []
-    for record in records:
-        new = rescore_record(record, aggregation)
-        if group and new.get("group") != group[0].get("group"):
-            yield from rank_group(group)
-            group = []
-        if new.get("group") is not None:
-            group.append(new)
-        else:
-            yield new
-    if group:
-        yield from rank_group(group)
+    for unit in walk_units(rescore_record(record, aggregation) for record in records):
+        yield from (unit.items if unit.group is None else rank_group(unit.items))

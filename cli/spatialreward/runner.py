@@ -12,10 +12,11 @@ from typing import Callable, Iterable, Iterator
 
 from .errors import StrictStop
 from .judge import Judge
-from .output import RecordWriter, ResumeState, id_key, iter_records, prepare, summary_path
+from .output import RecordWriter, ResumeState, id_key, prepare, summary_path
 from .records import rank_group
+from .results import Unit, walk_units
 from .sample import Sample
-from .summary import SummaryBuilder, summarize
+from .summary import SummaryBuilder, summarize_file
 
 
 @dataclass
@@ -73,26 +74,20 @@ def run(
         if user_callback:
             user_callback(record)
 
-    written = 0
-    group: list[dict] = []
-    try:
+    def records() -> Iterator[dict]:
         for result in judge.score_many(counted(samples)):
             # Results arrive in manifest order, so this is the first bad input,
             # whether the manifest line or its image was bad.
             if strict and result.error is not None and result.error.stage == "input":
                 raise StrictStop(f"--strict: {result.error.message}")
-            record = result.to_record()
-            if group and record.get("group") != group[0]["group"]:
-                written += _flush_group(writer, group, on_record)
-            if record.get("group") is not None:
-                group.append(record)
-                if len(group) == record["group_size"]:
-                    written += _flush_group(writer, group, on_record)
-                continue
-            writer.write([record])
-            written += 1
-            on_record(record)
-        written += _flush_group(writer, group, on_record)
+            yield result.to_record()
+
+    written = 0
+    try:
+        # A single record is written as it arrives, a group once all its
+        # candidates are judged (or the next edit shows it ended early), ranked.
+        for unit in walk_units(records()):
+            written += _write_unit(writer, unit, on_record)
     finally:
         writer.close()
 
@@ -100,20 +95,19 @@ def run(
     if output is None:
         summary = streamed.result()
     else:  # the whole file: records of earlier (resumed) runs count too
-        summary = summarize(iter_records(output), judge.config.threshold)
+        summary = summarize_file(output, judge.config.threshold)
         summary_file = summary_path(output)
         summary_file.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return RunReport(summary=summary, written=written, skipped=skipped, resume=resume, summary_file=summary_file)
 
 
-def _flush_group(writer: RecordWriter, group: list[dict], on_record) -> int:
-    if not group:
-        return 0
-    records = rank_group(list(group))
-    for record in records:  # normally equal; smaller if a candidate was refused as a duplicate id
-        record["group_size"] = len(records)
+def _write_unit(writer: RecordWriter, unit: Unit[dict], on_record) -> int:
+    records = unit.items
+    if unit.group is not None:
+        records = rank_group(records)
+        for record in records:  # normally equal; smaller if a candidate was refused as a duplicate id
+            record["group_size"] = len(records)
     writer.write(records)
     for record in records:
         on_record(record)
-    group.clear()
     return len(records)

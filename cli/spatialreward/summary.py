@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from array import array
+from pathlib import Path
 from typing import Iterable
 
 from .aggregate import DIMENSIONS
+from .results import read_records
 
 METRICS = ("reward", "overall", "sc", "pq") + DIMENSIONS
 STAGES = ("input", "model", "parse")
@@ -107,6 +109,11 @@ def summarize(records: Iterable[dict], threshold: float) -> dict:
     for record in records:
         builder.add(record)
     return builder.result()
+
+
+def summarize_file(path: Path | str, threshold: float) -> dict:
+    """``summarize`` of the results file ``path`` (``ScoresFileError`` if it is missing or bad)."""
+    return summarize(read_records(path), threshold)
 
 
 def _fmt(value, digits: int = 3) -> str:

@@ -37,7 +37,8 @@ def _dimension(ctx, param, values):
 @click.option("--max-errors", type=click.IntRange(min=0), default=None, help="Maximum error records [default 0].")
 @click.option("--min-judged", type=click.IntRange(min=0), default=None, help="Minimum number of judged (ok) edits.")
 @click.option("--baseline", type=click.Path(dir_okay=False), default=None, help="Scores of the baseline run, paired by id.")
-@click.option("--max-drop", type=float, default=None, help="Tolerated mean reward drop vs the baseline [default 0].")
+@click.option("--max-drop", type=float, default=None, help="Tolerated mean reward drop vs the baseline: fails when the confidence interval of the "
+              "mean change lies wholly below -MAX_DROP [default 0].")
 @click.option("--allow-config-mismatch", is_flag=True, help="Compare with a baseline judged under another config.")
 @click.option("--seed", type=int, default=None, help="Bootstrap seed [default 0].")
 @click.option("--summary-md", type=click.Path(dir_okay=False, writable=True), default=None,

@@ -9,7 +9,8 @@ import click
 
 from ..config import load_config
 from ..output import RecordWriter, summary_path
-from ..rescore import read_scores, rescore as rescore_records
+from ..rescore import rescore as rescore_records
+from ..results import read_records
 from ..summary import SummaryBuilder, render_table
 from .options import aggregation_options, config_option, config_overrides, pass_params, quiet_option
 
@@ -38,7 +39,7 @@ def rescore(params: dict) -> None:
     writer = RecordWriter(output)
     builder = SummaryBuilder(config.threshold)
     try:
-        for record in rescore_records(read_scores(source), config.aggregation):
+        for record in rescore_records(read_records(source), config.aggregation):
             writer.write([record])
             builder.add(record)
     finally:

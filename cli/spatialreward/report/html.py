@@ -4,12 +4,12 @@ One pass over the scores file (streamed) gives three things at once:
 
 - the summary of ALL records (``spatialreward.summary``), and a reward
   histogram (fixed bins: constant memory);
-- the table's rows, each a *unit*: a single record, or a multi-candidate
-  group (the records sharing ``group``, consecutive in the file) in rank
-  order, best first, error candidates last. Rows keep only what the page
-  shows (long texts truncated, no raw answers). With ``limit`` only the
-  ``limit`` worst rows are kept, in a bounded heap, so memory does not grow
-  with the file;
+- the table's rows, each a *unit* (``results.walk_units``): a single record,
+  or a multi-candidate group (the records sharing ``group``, consecutive in
+  the file) in rank order, best first, error candidates last. Rows keep only
+  what the page shows (long texts truncated, no raw answers). With ``limit``
+  only the ``limit`` worst rows are kept, in a bounded heap, so memory does
+  not grow with the file;
 - the worst records for the Markdown summary (a bounded heap as well).
 
 Default order, "worst first": by reward ascending, a group by its BEST
@@ -43,9 +43,9 @@ from typing import Iterable, TextIO
 
 from .. import __version__
 from ..aggregate import DIMENSIONS
-from ..errors import ScoresFileError
-from ..rescore import read_scores
+from ..numbers import is_number
 from ..resources import read_template
+from ..results import read_records, walk_units
 from ..summary import METRICS, STAGES, SummaryBuilder
 from .thumbnails import THUMBNAIL_SIDE, ThumbnailStore
 
@@ -61,23 +61,6 @@ MAX_LABEL = 200
 
 
 # -- reading -------------------------------------------------------------------
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check(record: dict, number: int, path: Path) -> None:
-    """An ``ok`` record must carry the numbers the summary and page use."""
-    if record.get("status") != "ok":
-        return
-    where = f"{path}: record {number} (id {record.get('id')!r})"
-    for key in ("reward", "overall", "sc", "pq"):
-        if not _number(record.get(key)):
-            raise ScoresFileError(f"{where}: ok record without a numeric {key!r}")
-    scores = record.get("scores")
-    if not isinstance(scores, dict) or not all(_number(scores.get(d)) for d in DIMENSIONS):
-        raise ScoresFileError(f"{where}: ok record without the four raw scores")
 
 
 def _text(value, limit: int) -> str | None:
@@ -98,7 +81,7 @@ def _regions(regions) -> list:
         if not isinstance(region, dict):
             continue
         box = region.get("bbox_2d")
-        if not (isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)):
+        if not (isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)):
             continue
         x1, y1, x2, y2 = (min(1000.0, max(0.0, float(v))) for v in box)
         x1, x2, y1, y2 = min(x1, x2), max(x1, x2), min(y1, y2), max(y1, y2)
@@ -146,7 +129,7 @@ def page_record(record: dict) -> dict:
     if record.get("group") is not None:
         row.update(g=str(record["group"]), c=record.get("candidate"), rk=record.get("rank"),
                    gs=record.get("group_size"))
-    if isinstance(size, list) and len(size) == 2 and all(_number(v) and v > 0 for v in size):
+    if isinstance(size, list) and len(size) == 2 and all(is_number(v) and v > 0 for v in size):
         row["sz"] = size
     return row
 
@@ -166,7 +149,7 @@ def worst_record(record: dict) -> dict:
 
 def _rank_order(row: dict):
     rank = row.get("rk")
-    return (row["st"] != "ok", rank if _number(rank) else math.inf, row.get("c") if _number(row.get("c")) else 0)
+    return (row["st"] != "ok", rank if is_number(rank) else math.inf, row.get("c") if is_number(row.get("c")) else 0)
 
 
 def _key(reward, index: int) -> tuple[float, int]:
@@ -214,50 +197,37 @@ class ReportData:
     limit: int | None = None
 
 
-def collect(records: Iterable[dict], *, threshold: float, limit: int | None = None, worst: int = DEFAULT_WORST,
-            source: Path | str = "scores") -> ReportData:
-    """One pass over ``records``: summary, histogram, rows (the ``limit`` worst
-    when given) and the ``worst`` worst records."""
-    source = Path(source)
+def collect(records: Iterable[dict], *, threshold: float, limit: int | None = None,
+            worst: int = DEFAULT_WORST) -> ReportData:
+    """One pass over ``records`` (valid records, as ``results.read_records``
+    gives them): summary, histogram, rows (the ``limit`` worst when given) and
+    the ``worst`` worst records."""
     builder = SummaryBuilder(threshold)
     histogram = [0] * HISTOGRAM_BINS
     units = _Worst(limit)
     worst_records = _Worst(worst)
-    counts = {"units": 0, "groups": 0}
-    pending: list[dict] = []
-
-    def emit(members: list[dict]) -> None:
+    number = units_total = groups_total = 0
+    for unit in walk_units(records):
+        members = []
+        for record in unit:
+            number += 1
+            builder.add(record)
+            ok = record.get("status") == "ok"
+            if ok:
+                histogram[min(HISTOGRAM_BINS - 1, max(0, int(record["reward"] * HISTOGRAM_BINS)))] += 1
+            worst_records.add(_key(record["reward"] if ok else None, number), worst_record(record))
+            members.append(page_record(record))
         members.sort(key=_rank_order)
         best = members[0].get("r")  # rank order: the best candidate first, errors last
-        units.add(_key(best, counts["units"]), members)
-        counts["units"] += 1
-        counts["groups"] += members[0].get("g") is not None
-
-    number = 0
-    for number, record in enumerate(records, start=1):
-        _check(record, number, source)
-        builder.add(record)
-        ok = record.get("status") == "ok"
-        if ok:
-            histogram[min(HISTOGRAM_BINS - 1, max(0, int(record["reward"] * HISTOGRAM_BINS)))] += 1
-        worst_records.add(_key(record["reward"] if ok else None, number), worst_record(record))
-        row = page_record(record)
-        group = row.get("g")
-        if pending and (group is None or group != pending[0].get("g")):
-            emit(pending)
-            pending = []
-        if group is not None:
-            pending.append(row)
-        else:
-            emit([row])
-    if pending:
-        emit(pending)
+        units.add(_key(best, units_total), members)
+        units_total += 1
+        groups_total += unit.group is not None
     return ReportData(
         summary=builder.result(),
         units=units.sorted(),
-        units_total=counts["units"],
+        units_total=units_total,
         records_total=number,
-        groups_total=counts["groups"],
+        groups_total=groups_total,
         histogram=histogram,
         worst=worst_records.sorted(),
         limit=limit,
@@ -267,7 +237,7 @@ def collect(records: Iterable[dict], *, threshold: float, limit: int | None = No
 def read_report_data(records_path: Path | str, *, threshold: float, limit: int | None = None,
                      worst: int = DEFAULT_WORST) -> ReportData:
     """``collect`` over a scores file (``ScoresFileError`` if it is missing or bad)."""
-    return collect(read_scores(Path(records_path)), threshold=threshold, limit=limit, worst=worst, source=records_path)
+    return collect(read_records(records_path), threshold=threshold, limit=limit, worst=worst)
 
 
 # -- thumbnails ----------------------------------------------------------------
