@@ -10,7 +10,8 @@ import pytest
 
 from conftest import read_jsonl, write_jsonl
 from spatialreward.errors import OutputConflictError
-from spatialreward.output import RecordWriter, id_key, prepare, summary_path
+from spatialreward.output import RecordWriter, prepare, summary_path
+from spatialreward.results import id_key
 from spatialreward.results import read_records
 
 HASH = "cfg0000000000001"

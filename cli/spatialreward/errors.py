@@ -33,7 +33,14 @@ class ModelNotFoundError(SpatialRewardError):
 
 
 class OutputConflictError(SpatialRewardError):
-    """The output file holds records that cannot be resumed under this config."""
+    """The output file holds records that cannot be resumed under this config,
+    or another run is writing it."""
+
+
+class OutputIsInputError(SpatialRewardError):
+    """An output path names one of the command's inputs: writing would destroy it."""
+
+    exit_code = EXIT_USAGE
 
 
 class ManifestError(SpatialRewardError):

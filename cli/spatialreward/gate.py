@@ -43,7 +43,7 @@ class GateConfig:
     pass_threshold: float = 0.5
     min_dimension_mean: dict = field(default_factory=dict)  # dimension -> minimum mean (0..25)
     max_errors: int | None = 0
-    min_judged: int | None = None
+    min_judged: int | None = 1  # no judged edit is no pass
     categories: dict = field(default_factory=dict)  # category -> {threshold keys}
     max_drop: float = 0.0
     confidence: float = 0.95
@@ -261,6 +261,9 @@ def run_gate(scores: Path, config: GateConfig, *, baseline: Path | None = None,
             elif worst:
                 heapq.heappushpop(heap, item)
     summary = builder.result()
+    if summary["total"] == 0:
+        raise ScoresFileError(f"{scores}: no records: nothing was judged, so there is nothing to gate "
+                              "(did the judge write to another file?)")
     if len(hashes) > 1:
         raise ScoresFileError(f"{scores}: records from {len(hashes)} different configs ({', '.join(sorted(hashes))})")
     checks = _scope_checks(summary, vars(config), "all")

@@ -9,19 +9,16 @@ ids already recorded are skipped.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import OutputConflictError
-from .results import walk_units
-
-
-def id_key(sample_id: str) -> bytes:
-    return hashlib.blake2b(sample_id.encode("utf-8"), digest_size=8).digest()
+from .constants import IMAGE_EXTENSIONS
+from .errors import OutputConflictError, OutputIsInputError
+from .results import id_key, walk_units
 
 
 @dataclass
@@ -88,9 +85,15 @@ def prepare(path: Path, config_hash: str, *, overwrite: bool, retry_errors: bool
     if retry_errors:
         state.dropped = _drop_errors(path)
     with path.open("rb") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, start=1):
             record = json.loads(line)
-            state.done.add(id_key(record["id"]))
+            key = id_key(record["id"])
+            if key in state.done:
+                raise OutputConflictError(
+                    f"{path}:{number}: id {record['id']!r} is recorded twice (two runs wrote this file at once?): "
+                    "use --overwrite to start fresh or write to another -o"
+                )
+            state.done.add(key)
             state.kept += 1
     return state
 
@@ -140,3 +143,54 @@ def summary_path(output: Path) -> Path:
     """``scores.jsonl`` -> ``scores.summary.json`` next to it."""
     stem = output.name[: -len(output.suffix)] if output.suffix else output.name
     return output.with_name(f"{stem}.summary.json")
+
+
+def lock_path(output: Path) -> Path:
+    """The lock file beside a results file: ``.NAME.lock`` (left in place; empty)."""
+    return output.with_name(f".{output.name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive(output: Path):
+    """Hold ``output`` for one run: a second run on the same results file stops
+    at once with a clear message instead of interleaving its records."""
+    from filelock import FileLock, Timeout
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path(output)), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OutputConflictError(
+            f"{output}: another spatialreward run is writing this file; wait for it to finish or write to another -o"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def refuse_overwriting(outputs, inputs) -> None:
+    """Refuse before anything is written when an output (``(flag, path)``) is
+    one of the inputs (``(what, path)``), or a results file (flag ``-o``) is
+    named like an image."""
+    def same(a: Path, b: Path) -> bool:
+        a, b = a.expanduser().absolute(), b.expanduser().absolute()
+        if a.resolve() == b.resolve():
+            return True
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            return False
+
+    for flag, out in outputs:
+        if out is None:
+            continue
+        out = Path(out)
+        if flag == "-o" and out.suffix.lower() in IMAGE_EXTENSIONS:
+            raise OutputIsInputError(f"-o {out}: a results file named like an image; use a .jsonl name")
+        for what, given in inputs:
+            if given is None or str(given) == "-":
+                continue
+            if same(out, Path(given)):
+                raise OutputIsInputError(f"{flag} {out} is the {what}: writing it would destroy it; choose another path")

@@ -21,6 +21,7 @@ incomplete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ def read_records(path: Path | str) -> Iterator[dict]:
     path = Path(path)
     if not path.is_file():
         raise ScoresFileError(f"scores file {path}: no such file")
+    seen: dict[bytes, int] = {}  # 8-byte id digest -> line
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -48,11 +50,26 @@ def read_records(path: Path | str) -> Iterator[dict]:
             try:
                 record = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
             except ValueError as exc:  # UnicodeDecodeError included
-                raise ScoresFileError(f"{path}:{number}: invalid JSON ({exc})") from None
+                torn = "" if line.endswith(b"\n") else (
+                    "; a torn last line from an interrupted run: re-run the same `spatialreward judge ... -o` "
+                    "command, which repairs the file and finishes the run")
+                raise ScoresFileError(f"{path}:{number}: invalid JSON ({exc}){torn}") from None
             problem = record_problem(record)
             if problem:
                 raise ScoresFileError(f"{path}:{number}: not a valid spatialreward record ({problem})")
+            key = id_key(record["id"])
+            if key in seen:
+                raise ScoresFileError(
+                    f"{path}:{number}: id {record['id']!r} already recorded on line {seen[key]} (two runs wrote "
+                    "this file at once?): counting it twice would be wrong; judge again with --overwrite"
+                )
+            seen[key] = number
             yield record
+
+
+def id_key(record_id: str) -> bytes:
+    """A compact key for an id (8-byte digest): sets of them stay small for long files."""
+    return hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest()
 
 
 def _reject_constant(name: str):

@@ -6,17 +6,20 @@ Used by ``spatialreward judge``; usable from Python too (``run``).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import StrictStop
 from .judge import Judge
-from .output import RecordWriter, ResumeState, id_key, prepare, summary_path
+from .output import RecordWriter, ResumeState, exclusive, prepare, summary_path
 from .records import rank_group
-from .results import Unit, walk_units
+from .results import Unit, id_key, walk_units
 from .sample import Sample
 from .summary import SummaryBuilder, summarize_file
+
+log = logging.getLogger("spatialreward")
 
 
 @dataclass
@@ -26,12 +29,6 @@ class RunReport:
     skipped: int  # edits already in the output (resume)
     resume: ResumeState
     summary_file: Path | None
-
-
-def _pending(samples: Iterable[Sample], done: set[bytes]) -> Iterator[Sample]:
-    for sample in samples:
-        if id_key(sample.id) not in done:
-            yield sample
 
 
 def run(
@@ -47,8 +44,18 @@ def run(
     """Judge ``samples`` into ``output`` (JSONL; ``None`` = stdout, no resume).
 
     Records are written as results arrive, in manifest order; a multi-candidate
-    group is written once all its candidates are judged, ranked.
+    group is written once all its candidates are judged, ranked. The results
+    file is held for the whole run: a second run on it stops at once.
     """
+    options = dict(overwrite=overwrite, retry_errors=retry_errors, strict=strict, on_record=on_record)
+    if output is None:
+        return _run(judge, samples, None, **options)
+    with exclusive(output):  # before anything reads or cuts the file
+        return _run(judge, samples, output, **options)
+
+
+def _run(judge: Judge, samples: Iterable[Sample], output: Path | None, *, overwrite: bool, retry_errors: bool,
+         strict: bool, on_record: Callable[[dict], None] | None) -> RunReport:
     resume = ResumeState()
     if output is not None:
         resume = prepare(output, judge.config_hash, overwrite=overwrite, retry_errors=retry_errors)
@@ -91,6 +98,8 @@ def run(
     finally:
         writer.close()
 
+    if written == 0 and skipped == 0:
+        log.warning("the manifest holds no edits: nothing was judged")
     summary_file = None
     if output is None:
         summary = streamed.result()

@@ -10,6 +10,7 @@ from .. import github
 from ..errors import EXIT_FAILED, EXIT_OK
 from ..gate import load_gate_config, run_gate
 from ..gate_render import annotations, render_markdown, render_terminal, step_outputs
+from ..output import refuse_overwriting
 from .options import pass_params
 
 
@@ -35,7 +36,7 @@ def _dimension(ctx, param, values):
 @click.option("--min-dimension", "min_dimension_mean", multiple=True, callback=_dimension, metavar="DIM=MIN",
               help="Minimum mean of a raw dimension (0..25), e.g. success=15; repeatable.")
 @click.option("--max-errors", type=click.IntRange(min=0), default=None, help="Maximum error records [default 0].")
-@click.option("--min-judged", type=click.IntRange(min=0), default=None, help="Minimum number of judged (ok) edits.")
+@click.option("--min-judged", type=click.IntRange(min=0), default=None, help="Minimum number of judged (ok) edits [default 1].")
 @click.option("--baseline", type=click.Path(dir_okay=False), default=None, help="Scores of the baseline run, paired by id.")
 @click.option("--max-drop", type=float, default=None, help="Tolerated mean reward drop vs the baseline: fails when the confidence interval of the "
               "mean change lies wholly below -MAX_DROP [default 0].")
@@ -56,6 +57,9 @@ def gate(params: dict) -> None:
                                          "min_judged", "max_drop", "seed") if params[k] is not None}
     if params["min_dimension_mean"]:
         overrides["min_dimension_mean"] = params["min_dimension_mean"]
+    refuse_overwriting([("--summary-md", params["summary_md"])],
+                       [("scores file", params["scores"]), ("baseline", params["baseline"]),
+                        ("gate file", params["gate_file"])])
     config = load_gate_config(params["gate_file"], overrides)
     result = run_gate(Path(params["scores"]), config,
                       baseline=Path(params["baseline"]) if params["baseline"] else None,

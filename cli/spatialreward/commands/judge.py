@@ -9,6 +9,7 @@ import click
 
 from ..config import load_config
 from ..manifest import read_manifest
+from ..output import refuse_overwriting, summary_path
 from ..summary import render_table
 from .options import (
     aggregation_options,
@@ -50,6 +51,13 @@ def judge(params: dict) -> None:
 
     config = load_config(params["config_file"], config_overrides(params))
     output = Path(params["output"]) if params["output"] else None
+    if output is not None:
+        manifest = Path(params["manifest"])
+        refuse_overwriting(
+            [("-o", output), ("-o's summary file", summary_path(output))],
+            [("manifest", manifest), ("manifest's instructions.jsonl", manifest / "instructions.jsonl"),
+             ("config file", params["config_file"])],
+        )
     samples = read_manifest(params["manifest"], edited_dir=params["edited_dir"])
     engine = load_judge(params, config)
     with progress_bar(disable=params["quiet"]) as bar:

@@ -9,6 +9,7 @@ import click
 
 from ..config import load_config
 from ..errors import SpatialRewardError
+from ..output import refuse_overwriting
 from .options import config_option, pass_params, quiet_option
 
 
@@ -41,10 +42,8 @@ def report(params: dict) -> None:
     overrides = {"threshold": params["threshold"]} if params["threshold"] is not None else None
     config = load_config(params["config_file"], overrides)
     source, output = Path(params["scores"]), Path(params["output"])
-    targets = [output] + ([Path(params["markdown"])] if params["markdown"] else [])
-    for target in targets:
-        if target.exists() and source.exists() and target.resolve() == source.resolve():
-            raise click.UsageError("the report must not overwrite the scores file")
+    refuse_overwriting([("-o", output), ("--markdown", params["markdown"])],
+                       [("scores file", source), ("config file", params["config_file"])])
     if params["markdown"] and Path(params["markdown"]).resolve() == output.resolve():
         raise click.UsageError("--markdown must differ from -o")
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..config import load_config
-from ..output import RecordWriter, summary_path
+from ..output import RecordWriter, refuse_overwriting, summary_path
 from ..rescore import rescore as rescore_records
 from ..results import read_records
 from ..summary import SummaryBuilder, render_table
@@ -32,8 +32,8 @@ def rescore(params: dict) -> None:
     """
     config = load_config(params["config_file"], config_overrides(params))
     source, output = Path(params["scores"]), Path(params["output"])
-    if output.exists() and output.resolve() == source.resolve():
-        raise click.UsageError("-o must differ from the input scores file")
+    refuse_overwriting([("-o", output), ("-o's summary file", summary_path(output))],
+                       [("scores file", source), ("config file", params["config_file"])])
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(b"")
     writer = RecordWriter(output)
