@@ -60,10 +60,48 @@ def model_fingerprint(model: str, revision: str | None) -> str:
     return "local:" + digest.hexdigest()[:16]
 
 
-def _not_found(model: str, revision: str | None, cause: Exception) -> ModelNotFoundError:
+HUB_PROBE_TIMEOUT_S = 8.0  # one request, no retries: a hub that does not answer by then is out of reach
+
+
+def _looks_local(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or (os.sep != "/" and os.sep in model)
+
+
+def locate_model(model: str, revision: str | None) -> bool:
+    """Where the weights come from, decided in seconds: True = local only (a
+    folder, or a hub id already in the Hugging Face cache: no network at all),
+    False = download from the hub (which answered). Raises ModelNotFoundError
+    at once for a missing folder, and within HUB_PROBE_TIMEOUT_S when the model
+    is not cached and the hub cannot be reached (no retry noise)."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return True
+    if folder.exists():
+        raise ModelNotFoundError(f"model {model!r} is a file: --model takes a model folder or a hub id")
+    if _looks_local(model):
+        raise ModelNotFoundError(f"model folder {model!r} does not exist")
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(model, "config.json", revision=revision)
+    except ValueError as exc:  # not a valid repo id either
+        raise ModelNotFoundError(f"model {model!r}: neither a folder here nor a hub id ({exc})") from None
+    if isinstance(cached, str):
+        return True
+    if constants.HF_HUB_OFFLINE:
+        raise _not_found(model, revision, "HF_HUB_OFFLINE is set")
+    try:
+        HfApi().model_info(model, revision=revision, timeout=HUB_PROBE_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - unreachable, unknown repo, gated: one line either way
+        raise _not_found(model, revision, exc) from None
+    return False
+
+
+def _not_found(model: str, revision: str | None, cause: Exception | str) -> ModelNotFoundError:
     hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
     rev = f" (revision {revision})" if revision else ""
-    first = str(cause).strip().splitlines()[0] if str(cause).strip() else cause.__class__.__name__
+    text = str(cause).strip()
+    first = text.splitlines()[0] if text else cause.__class__.__name__
     looks_local = model.startswith((".", "/", "~")) or os.sep in model.rstrip(os.sep).split(os.sep, 1)[-1]
     if looks_local or Path(model).exists():
         return ModelNotFoundError(f"model folder {model!r}{rev} cannot be loaded: {first[:300]}")
@@ -95,15 +133,16 @@ class TransformersBackend:
     @classmethod
     def load(cls, model: str, *, revision: str | None = None, device: str = "auto", dtype: str = "auto",
              generation: Generation | None = None) -> "TransformersBackend":
+        local_only = locate_model(model, revision)  # first: a missing model is said in seconds
         device = resolve_device(device)
         torch_dtype, dtype_name = resolve_dtype(dtype, device)
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         try:
-            processor = AutoProcessor.from_pretrained(model, revision=revision)
+            processor = AutoProcessor.from_pretrained(model, revision=revision, local_files_only=local_only)
             # Straight onto the device: no full copy of the weights in CPU memory first.
             net = AutoModelForImageTextToText.from_pretrained(
-                model, revision=revision, dtype=torch_dtype, device_map=device
+                model, revision=revision, dtype=torch_dtype, device_map=device, local_files_only=local_only
             )
         except (OSError, ValueError, KeyError) as exc:
             raise _not_found(model, revision, exc) from exc
