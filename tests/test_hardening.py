@@ -173,3 +173,24 @@ def test_torn_file_message_says_how_to_repair(manifest, script, tmp_path):
     assert run_cli("gate", scores).returncode == 0
     assert [r["id"] for r in read_jsonl(scores)] == ["e0", "e1", "e2"]
     json.loads(scores.read_text().splitlines()[-1])
+
+
+def test_strict_names_the_manifest_line_of_a_bad_image(photos, script, tmp_path):
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        {"id": "good", "source": str(photos["coffee"]), "edited": str(photos["coffee_blur"]), "instruction": "Blur"},
+        {"id": "bad", "source": str(photos["coffee"]), "edited": str(tmp_path / "nope.png"), "instruction": "Blur"}])
+    proc = judge(manifest, script, "-o", tmp_path / "s.jsonl", "--strict")
+    assert proc.returncode == 3
+    assert f"--strict: {manifest}:2: edited {tmp_path / 'nope.png'}: file not found" in proc.stderr
+
+
+def test_report_warns_when_configs_are_mixed(manifest, script, tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert judge(manifest, script, "-o", a).returncode == 0
+    assert run_cli("rescore", a, "-o", b, "--aggregation", "mean", "-q").returncode == 0
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(a.read_text().splitlines(keepends=True)[0] + "".join(b.read_text().splitlines(keepends=True)[1:]))
+    proc = run_cli("report", mixed, "-o", tmp_path / "r.html")
+    assert proc.returncode == 0
+    assert "mixes records of 2 configs" in proc.stderr
+    assert run_cli("gate", mixed).returncode == 3  # the gate refuses such a file

@@ -86,7 +86,10 @@ def _run(judge: Judge, samples: Iterable[Sample], output: Path | None, *, overwr
             # Results arrive in manifest order, so this is the first bad input,
             # whether the manifest line or its image was bad.
             if strict and result.error is not None and result.error.stage == "input":
-                raise StrictStop(f"--strict: {result.error.message}")
+                where, message = result.sample.origin, result.error.message
+                if where and not message.startswith(where):
+                    message = f"{where}: {message}"  # the manifest line, also for an image error
+                raise StrictStop(f"--strict: {message}")
             yield result.to_record()
 
     written = 0

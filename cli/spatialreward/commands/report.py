@@ -58,6 +58,11 @@ def report(params: dict) -> None:
         )
     except OSError as exc:  # an unwritable output folder, an unreadable scores file
         raise SpatialRewardError(f"{exc.filename or output}: {exc.strerror or exc}") from None
+    hashes = data.summary.get("config_hash")
+    if isinstance(hashes, list):  # the gate refuses such a file; the report shows it, with a warning
+        click.echo(f"warning: {source} mixes records of {len(hashes)} configs ({', '.join(hashes)}): their rewards "
+                   "were judged or aggregated differently and are not comparable; rescore them to one aggregation "
+                   "or report each run apart", err=True)
     if not params["quiet"]:
         summary = data.summary
         rows = f"{len(data.units)} of {data.units_total} rows" if len(data.units) < data.units_total else f"{data.units_total} rows"
