@@ -513,3 +513,11 @@ def test_stdin_with_bom_and_bad_bytes(monkeypatch):
     first, second = read_manifest("-")
     assert first.error is None
     assert "<stdin>:2" in second.error.message and "UTF-8" in second.error.message
+
+
+def test_json_error_message_reads_well(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"id": "a", "instruction": "unterminated\n')
+    sample, = read_manifest(path)
+    assert f"{path}:1: invalid JSON: Unterminated string starting at (column 27)" == sample.error.message
+    assert "at at" not in sample.error.message
