@@ -80,7 +80,7 @@ def _json_objects(handle: IO[str], name: str) -> Iterator[tuple[int, str, dict |
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield number, origin, _bad(f"line-{number}", origin, f"invalid JSON: {exc.msg} (column {exc.colno})")
+            yield number, origin, _bad(f"line-{number}", origin, f"invalid JSON: {exc.msg.removesuffix(' at')} (column {exc.colno})")
             continue
         if not isinstance(entry, dict):
             yield number, origin, _bad(f"line-{number}", origin, "a manifest line must be a JSON object")
