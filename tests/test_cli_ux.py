@@ -76,3 +76,55 @@ def test_check_refuses_bad_inputs_before_loading_any_model(case, images, tmp_pat
                 "empty instruction": "instruction is empty"}[case]
     assert expected in lines[0]
     assert result.stdout == ""
+
+
+# -- Ctrl-C ----------------------------------------------------------------------
+
+
+def _interrupt_after_first_record(args: list[str], output: Path | None) -> tuple[int, str, str]:
+    """Start `spatialreward judge ARGS`, send SIGINT once a record is written
+    (to ``output``, or to stdout)."""
+    proc = subprocess.Popen([spatialreward_exe(), "judge", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = ""
+    try:
+        if output is None:
+            first = proc.stdout.readline()
+        else:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None and not (
+                    output.exists() and output.read_bytes().count(b"\n") >= 1):
+                time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, first + out, err
+
+
+def test_ctrl_c_exits_130_and_the_same_command_resumes(images):
+    manifest = _manifest(images, 10)
+    out = images / "scores.jsonl"
+    args = [str(manifest), "-o", str(out), *_scripted(_script(images, delay_s=0.3))]
+    code, stdout, stderr = _interrupt_after_first_record(args, out)
+    assert code == 130, stderr
+    assert "Traceback" not in stderr and "Aborted" not in stderr
+    assert "run the same command again to resume" in stderr and str(out) in stderr
+    done = len(read_jsonl(out))
+    assert 1 <= done < 10
+
+    again = run_cli("judge", *args)
+    assert again.returncode == 0, again.stderr
+    assert f"{done} edits already in" in again.stderr
+    assert [r["id"] for r in read_jsonl(out)] == [f"e{i:02d}" for i in range(10)]
+
+
+def test_ctrl_c_without_output_file_says_there_is_nothing_to_resume(images):
+    manifest = _manifest(images, 10)
+    code, stdout, stderr = _interrupt_after_first_record([str(manifest), *_scripted(_script(images, 0.3))], None)
+    assert code == 130, stderr
+    assert "nothing to resume" in stderr and "-o" in stderr
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert 1 <= len(records) < 10 and all(r["status"] == "ok" for r in records)

@@ -22,6 +22,9 @@ from .options import (
 )
 from .progress import progress_bar
 
+# Interrupted by Ctrl-C (SIGINT): the shells' 128 + 2.
+EXIT_INTERRUPTED = 130
+
 
 @click.command()
 @click.argument("manifest")
@@ -42,6 +45,8 @@ from .progress import progress_bar
 def judge(params: dict) -> None:
     """Judge every edit of MANIFEST: a JSONL file, a folder, or - for stdin.
 
+    Ctrl-C stops the run (exit 130); with -o, the same command resumes it.
+
     \b
     spatialreward judge edits.jsonl -o scores.jsonl
     spatialreward judge evalset/ --edited-dir runs/model-b/ -o b.jsonl
@@ -51,13 +56,29 @@ def judge(params: dict) -> None:
     config = load_config(params["config_file"], config_overrides(params))
     output = Path(params["output"]) if params["output"] else None
     samples = read_manifest(params["manifest"], edited_dir=params["edited_dir"])
-    engine = load_judge(params, config)
-    with progress_bar(disable=params["quiet"]) as bar:
-        report = run(
-            engine, samples, output,
-            overwrite=params["overwrite"], retry_errors=params["retry_errors"], strict=params["strict"],
-            on_record=lambda record: bar.update(1),
-        )
+    written = 0
+
+    def on_record(record: dict) -> None:
+        nonlocal written
+        written += 1
+        bar.update(1)
+
+    try:
+        engine = load_judge(params, config)
+        with progress_bar(disable=params["quiet"]) as bar:
+            report = run(
+                engine, samples, output,
+                overwrite=params["overwrite"], retry_errors=params["retry_errors"], strict=params["strict"],
+                on_record=on_record,
+            )
+    except KeyboardInterrupt:
+        if output is not None:
+            click.echo(f"interrupted: {written} records written to {output} by this run; run the same command "
+                       "again to resume (edits already recorded are skipped)", err=True)
+        else:
+            click.echo("interrupted: the records went to stdout, so there is nothing to resume "
+                       "(judge with -o FILE to be able to resume)", err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
     if params["quiet"]:
         return
     table_stream = sys.stdout if output is not None else sys.stderr
