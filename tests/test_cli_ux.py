@@ -128,3 +128,79 @@ def test_ctrl_c_without_output_file_says_there_is_nothing_to_resume(images):
     assert "nothing to resume" in stderr and "-o" in stderr
     records = [json.loads(line) for line in stdout.splitlines()]
     assert 1 <= len(records) < 10 and all(r["status"] == "ok" for r in records)
+
+
+# -- progress ------------------------------------------------------------------
+
+
+PROGRESS = re.compile(r"^progress: (\d+)/(\d+) entries \((\d+)%\), [\d.]+ entries/s, ETA [\d:?]+$")
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(images):
+    """Each 10 % of the entries gives a line (the time interval is set long
+    here); the model being loaded is named first. A group is one entry."""
+    manifest = _manifest(images, 9, group_at=4)
+    script = _script(images)
+    result = run_cli("judge", manifest, "-o", images / "s.jsonl", *_scripted(script),
+                     env={"SPATIALREWARD_PROGRESS_INTERVAL": "1000"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"loading model {script} (backend scripted) ..."
+    progress = [PROGRESS.match(line) for line in lines if line.startswith("progress:")]
+    assert all(progress), lines
+    assert [(int(m.group(1)), int(m.group(2))) for m in progress] == [(k, 10) for k in range(1, 11)]
+
+
+def test_progress_every_interval_and_for_other_manifests(images):
+    script = _scripted(_script(images, delay_s=0.05))
+    # the interval alone: 0 s gives a line per entry, for a total under 10 too
+    few = run_cli("judge", _manifest(images, 3), "-o", images / "a.jsonl", *script,
+                  env={"SPATIALREWARD_PROGRESS_INTERVAL": "0"})
+    assert [line.split(" entries")[0] for line in few.stderr.splitlines() if line.startswith("progress:")] \
+        == ["progress: 1/3", "progress: 2/3", "progress: 3/3"]
+    # stdin: the total is unknown
+    piped = run_cli("judge", "-", *script, input=_manifest(images, 2).read_text(), cwd=images,
+                    env={"SPATIALREWARD_PROGRESS_INTERVAL": "0"})
+    assert piped.returncode == 0, piped.stderr
+    assert [line for line in piped.stderr.splitlines() if line.startswith("progress:")][-1].startswith(
+        "progress: 2 entries, ")
+    # resume: the entries already done come off the total
+    _manifest(images, 5, name="m5.jsonl")
+    resumed = run_cli("judge", images / "m5.jsonl", "-o", images / "a.jsonl", *script,
+                      env={"SPATIALREWARD_PROGRESS_INTERVAL": "0"})
+    assert [line.split(" entries")[0] for line in resumed.stderr.splitlines() if line.startswith("progress:")] \
+        == ["progress: 1/2", "progress: 2/2"]
+
+
+def test_quiet_prints_neither_loading_nor_progress(images):
+    result = run_cli("judge", _manifest(images, 3), "-o", images / "q.jsonl", "-q", *_scripted(_script(images)),
+                     env={"SPATIALREWARD_PROGRESS_INTERVAL": "0"})
+    assert result.returncode == 0 and result.stderr == "" and result.stdout == ""
+
+
+def test_terminal_progress_bar_shows_the_total(images):
+    """stderr a terminal (a pseudo-terminal here): tqdm's bar with N/TOTAL."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # rows, columns
+    proc = subprocess.Popen([spatialreward_exe(), "judge", str(_manifest(images, 4)), "-o", str(images / "t.jsonl"),
+                             *_scripted(_script(images))], stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 120)
+            if not ready:
+                break
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        proc.wait(timeout=60)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0, text
+    assert "judging: 100%" in text and "4/4" in text

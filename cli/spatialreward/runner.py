@@ -42,11 +42,13 @@ def run(
     retry_errors: bool = False,
     strict: bool = False,
     on_record: Callable[[dict], None] | None = None,
+    on_skip: Callable[[Sample], None] | None = None,
 ) -> RunReport:
     """Judge ``samples`` into ``output`` (JSONL; ``None`` = stdout, no resume).
 
     Records are written as results arrive, in manifest order; a multi-candidate
-    group is written once all its candidates are judged, ranked.
+    group is written once all its candidates are judged, ranked. ``on_record``
+    sees each record written, ``on_skip`` each sample skipped as already recorded.
     """
     resume = ResumeState()
     if output is not None:
@@ -58,6 +60,8 @@ def run(
         for sample in items:
             if id_key(sample.id) in resume.done:
                 skipped += 1
+                if on_skip:
+                    on_skip(sample)
                 continue
             yield sample
 

@@ -20,7 +20,7 @@ from .options import (
     pass_params,
     quiet_option,
 )
-from .progress import progress_bar
+from .progress import count_entries, progress
 
 # Interrupted by Ctrl-C (SIGINT): the shells' 128 + 2.
 EXIT_INTERRUPTED = 130
@@ -55,21 +55,23 @@ def judge(params: dict) -> None:
 
     config = load_config(params["config_file"], config_overrides(params))
     output = Path(params["output"]) if params["output"] else None
+    quiet = params["quiet"]
     samples = read_manifest(params["manifest"], edited_dir=params["edited_dir"])
+    total = None if quiet else count_entries(params["manifest"])
     written = 0
 
     def on_record(record: dict) -> None:
         nonlocal written
         written += 1
-        bar.update(1)
+        bar.record(record)
 
     try:
         engine = load_judge(params, config)
-        with progress_bar(disable=params["quiet"]) as bar:
+        with progress(total=total, disable=quiet) as bar:
             report = run(
                 engine, samples, output,
                 overwrite=params["overwrite"], retry_errors=params["retry_errors"], strict=params["strict"],
-                on_record=on_record,
+                on_record=on_record, on_skip=bar.skip,
             )
     except KeyboardInterrupt:
         if output is not None:
@@ -79,7 +81,7 @@ def judge(params: dict) -> None:
             click.echo("interrupted: the records went to stdout, so there is nothing to resume "
                        "(judge with -o FILE to be able to resume)", err=True)
         raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
-    if params["quiet"]:
+    if quiet:
         return
     table_stream = sys.stdout if output is not None else sys.stderr
     notes = []
