@@ -204,3 +204,34 @@ def test_terminal_progress_bar_shows_the_total(images):
     text = b"".join(chunks).decode("utf-8", "replace")
     assert proc.returncode == 0, text
     assert "judging: 100%" in text and "4/4" in text
+
+
+# -- data on stdout, messages on stderr ----------------------------------------------
+
+
+def test_with_output_file_stdout_stays_empty_and_error_ids_are_listed(images):
+    rows = [{"id": f"bad{i:02d}", "source": "coffee.png", "edited": f"missing{i}.png", "instruction": "x"}
+            for i in range(12)]
+    rows.insert(3, {"id": "good", "source": "coffee.png", "edited": "coffee_red_square.png", "instruction": "x"})
+    manifest = write_jsonl(images / "errors.jsonl", rows)
+    result = run_cli("judge", manifest, "-o", images / "e.jsonl", *_scripted(_script(images)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "pass rate at reward >= 0.5" in result.stderr
+    shown = ", ".join(f"bad{i:02d} (input)" for i in range(10))
+    assert f"error records (12): {shown} and 2 more" in result.stderr.splitlines()
+
+    few = run_cli("judge", "-", *_scripted(_script(images)), cwd=images, input="\n".join(
+        json.dumps(r) for r in rows[:2]) + "\n")
+    assert len(few.stdout.splitlines()) == 2  # records only
+    assert "error records (2): bad00 (input), bad01 (input)" in few.stderr.splitlines()
+
+
+def test_rescore_writes_only_to_its_files_and_says_where(images):
+    scores = images / "s.jsonl"
+    assert run_cli("judge", _manifest(images, 2), "-o", scores, "-q", *_scripted(_script(images))).returncode == 0
+    result = run_cli("rescore", scores, "-o", images / "r.jsonl", "--aggregation", "mean")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert f"records: {images / 'r.jsonl'}  summary: {images / 'r.summary.json'}" in result.stderr
+    assert "pass rate at reward >= 0.5" in result.stderr

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from ..config import load_config
 from ..manifest import read_manifest
+from ..output import iter_records
 from ..summary import render_table
 from .options import (
     aggregation_options,
@@ -58,12 +58,15 @@ def judge(params: dict) -> None:
     quiet = params["quiet"]
     samples = read_manifest(params["manifest"], edited_dir=params["edited_dir"])
     total = None if quiet else count_entries(params["manifest"])
+    errors = ErrorIds()
     written = 0
 
     def on_record(record: dict) -> None:
         nonlocal written
         written += 1
         bar.record(record)
+        if output is None:
+            errors.add(record)
 
     try:
         engine = load_judge(params, config)
@@ -83,7 +86,6 @@ def judge(params: dict) -> None:
         raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
     if quiet:
         return
-    table_stream = sys.stdout if output is not None else sys.stderr
     notes = []
     if report.skipped:
         notes.append(f"resumed: {report.skipped} edits already in {output} were skipped")
@@ -93,7 +95,34 @@ def judge(params: dict) -> None:
         notes.append(f"--retry-errors: {report.resume.dropped} error records (and their groups) judged again")
     for note in notes:
         click.echo(note, err=True)
-    click.echo(render_table(report.summary), file=table_stream)
+    # Data on stdout (the records, without -o), messages on stderr: the table is a message.
+    click.echo(render_table(report.summary), err=True)
+    if output is not None:
+        for record in iter_records(output):
+            errors.add(record)
+    if errors.count:
+        click.echo(errors.line(), err=True)
     if report.summary_file:
         click.echo(f"records: {output}  summary: {report.summary_file}", err=True)
 
+
+class ErrorIds:
+    """The first few ids of error records, and how many there are."""
+
+    SHOWN = 10
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.count = 0
+
+    def add(self, record: dict) -> None:
+        if record.get("status") == "ok":
+            return
+        self.count += 1
+        if len(self.ids) < self.SHOWN:
+            stage = (record.get("error") or {}).get("stage", "?")
+            self.ids.append(f"{record.get('id')} ({stage})")
+
+    def line(self) -> str:
+        more = f" and {self.count - len(self.ids)} more" if self.count > len(self.ids) else ""
+        return f"error records ({self.count}): {', '.join(self.ids)}{more}"
