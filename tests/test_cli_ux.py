@@ -235,3 +235,14 @@ def test_rescore_writes_only_to_its_files_and_says_where(images):
     assert result.stdout == ""
     assert f"records: {images / 'r.jsonl'}  summary: {images / 'r.summary.json'}" in result.stderr
     assert "pass rate at reward >= 0.5" in result.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="the message is built in manifest.py (`{exc.msg} at column`), "
+                                       "which this branch must not edit; the fix is a one-line change there")
+def test_json_error_message_has_no_doubled_word(images):
+    manifest = images / "torn.jsonl"
+    manifest.write_text('{"id": "a", "source": "coffee.png\n')
+    result = run_cli("judge", manifest, "-o", images / "t.jsonl", "-q", *_scripted(_script(images)))
+    [record] = read_jsonl(images / "t.jsonl")
+    assert "invalid JSON" in record["error"]["message"]
+    assert " at at " not in record["error"]["message"]
