@@ -20,6 +20,26 @@ from conftest import REPO, read_jsonl, spatialreward_exe
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 
+def _section(title_pattern: str) -> str:
+    """The README text under the heading matching ``title_pattern``, up to the
+    next heading of the same or a higher level."""
+    match = re.search(rf"^(#+) {title_pattern}.*$", README, flags=re.M)
+    assert match, f"README has no section {title_pattern!r}"
+    level = len(match.group(1))
+    rest = README[match.end():]
+    end = re.search(rf"^#{{1,{level}}} ", rest, flags=re.M)
+    return rest[: end.start()] if end else rest
+
+
+def test_install_section_shows_gpu_cpu_pinned_and_test_installs():
+    install = _section("Install")
+    assert "pip install ." in install
+    assert "download.pytorch.org/whl/cpu" in install, "CPU-only machines: torch's CPU build first"
+    pinned = re.search(r"pip install --quiet (torch==\S+ torchvision==\S+)", (REPO / ".ci/run").read_text())
+    assert pinned and pinned.group(1) in install, "the pinned builds CI installs"
+    assert '".[test]"' in install
+
+
 # -- "Try it without the 8B model" ---------------------------------------------
 
 TRY_BEGIN, TRY_END = "<!-- try-it:begin -->", "<!-- try-it:end -->"
