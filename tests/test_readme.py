@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 
 from conftest import REPO, read_jsonl, spatialreward_exe
@@ -29,6 +30,29 @@ def _section(title_pattern: str) -> str:
     rest = README[match.end():]
     end = re.search(rf"^#{{1,{level}}} ", rest, flags=re.M)
     return rest[: end.start()] if end else rest
+
+
+def _long_flags(command: click.Command) -> list[str]:
+    flags = []
+    for param in command.params:
+        if isinstance(param, click.Option):
+            flags += [o for o in param.opts + param.secondary_opts if o.startswith("--") and o != "--help"]
+    return flags
+
+
+def _commands():
+    from spatialreward.commands import main
+
+    return sorted(main.commands.items())
+
+
+@pytest.mark.parametrize("name", [name for name, _ in _commands()])
+def test_every_flag_is_documented_in_its_command_section(name):
+    command = dict(_commands())[name]
+    section = _section(rf"`spatialreward {name}\b")
+    missing = [flag for flag in _long_flags(command)
+               if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", section)]
+    assert not missing, f"README section of `spatialreward {name}` does not mention {missing}"
 
 
 def test_install_section_shows_gpu_cpu_pinned_and_test_installs():
