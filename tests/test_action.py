@@ -441,7 +441,7 @@ def test_root_action_judges_reports_and_passes(passing, workspace):
     assert result.outputs["errors"] == "0"
     assert result.outputs["delta"] == ""
 
-    assert "pass rate at reward >= 0.5" in result.step("judge").stdout
+    assert "pass rate at reward >= 0.5" in result.step("judge").stderr
     summary = result.summary
     assert "| check | scope | observed | limit | result |" in summary
     assert "PASS" in summary and "FAIL" not in summary

@@ -40,14 +40,16 @@ def run(
     retry_errors: bool = False,
     strict: bool = False,
     on_record: Callable[[dict], None] | None = None,
+    on_skip: Callable[[Sample], None] | None = None,
 ) -> RunReport:
     """Judge ``samples`` into ``output`` (JSONL; ``None`` = stdout, no resume).
 
     Records are written as results arrive, in manifest order; a multi-candidate
-    group is written once all its candidates are judged, ranked. The results
-    file is held for the whole run: a second run on it stops at once.
+    group is written once all its candidates are judged, ranked. ``on_record``
+    sees each record written, ``on_skip`` each sample skipped as already recorded.
+    The results file is held for the whole run: a second run on it stops at once.
     """
-    options = dict(overwrite=overwrite, retry_errors=retry_errors, strict=strict, on_record=on_record)
+    options = dict(overwrite=overwrite, retry_errors=retry_errors, strict=strict, on_record=on_record, on_skip=on_skip)
     if output is None:
         return _run(judge, samples, None, **options)
     with exclusive(output):  # before anything reads or cuts the file
@@ -55,7 +57,8 @@ def run(
 
 
 def _run(judge: Judge, samples: Iterable[Sample], output: Path | None, *, overwrite: bool, retry_errors: bool,
-         strict: bool, on_record: Callable[[dict], None] | None) -> RunReport:
+         strict: bool, on_record: Callable[[dict], None] | None,
+         on_skip: Callable[[Sample], None] | None) -> RunReport:
     resume = ResumeState()
     if output is not None:
         resume = prepare(output, judge.config_hash, overwrite=overwrite, retry_errors=retry_errors)
@@ -66,6 +69,8 @@ def _run(judge: Judge, samples: Iterable[Sample], output: Path | None, *, overwr
         for sample in items:
             if id_key(sample.id) in resume.done:
                 skipped += 1
+                if on_skip:
+                    on_skip(sample)
                 continue
             yield sample
 

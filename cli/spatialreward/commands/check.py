@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..config import load_config
-from ..errors import EXIT_ERROR, EXIT_FAILED, EXIT_OK
+from ..errors import EXIT_ERROR, EXIT_FAILED, EXIT_OK, SpatialRewardError
 from ..explain import verdict_lines
 from .options import (
     aggregation_options,
@@ -44,6 +44,7 @@ def check(params: dict) -> None:
     spatialreward check cat.png cat_no_dog.png "Remove the dog" --overlay verdict.png
     """
     config = load_config(params["config_file"], config_overrides(params))
+    _check_inputs(params)  # before the model loads: a typo must not cost a model load
     engine = load_judge(params, config)
     result = engine.score(params["source"], params["edited"], params["instruction"])
     record = result.to_record()
@@ -58,6 +59,20 @@ def check(params: dict) -> None:
         click.echo(f"Error: the edit could not be judged ({result.error.stage}): {result.error.message}", err=True)
         raise click.exceptions.Exit(EXIT_ERROR)
     raise click.exceptions.Exit(EXIT_OK if record["reward"] >= config.threshold else EXIT_FAILED)
+
+
+def _check_inputs(params: dict) -> None:
+    """Fail (exit 3, one line) on an unreadable image or an empty instruction."""
+    from ..errors import InputError
+    from ..images import load_image
+
+    try:
+        load_image(params["source"], role="source")
+        load_image(params["edited"], role="edited")
+    except InputError as exc:
+        raise SpatialRewardError(exc.message) from None
+    if not params["instruction"].strip():
+        raise SpatialRewardError("the instruction is empty")
 
 
 def _write_overlay(params: dict, record: dict, threshold: float) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -10,6 +9,7 @@ import click
 from ..config import load_config
 from ..manifest import read_manifest
 from ..output import refuse_overwriting, summary_path
+from ..results import read_records
 from ..summary import render_table
 from .options import (
     aggregation_options,
@@ -21,7 +21,10 @@ from .options import (
     pass_params,
     quiet_option,
 )
-from .progress import progress_bar
+from .progress import count_entries, progress
+
+# Interrupted by Ctrl-C (SIGINT): the shells' 128 + 2.
+EXIT_INTERRUPTED = 130
 
 
 @click.command()
@@ -43,6 +46,8 @@ from .progress import progress_bar
 def judge(params: dict) -> None:
     """Judge every edit of MANIFEST: a JSONL file, a folder, or - for stdin.
 
+    Ctrl-C stops the run (exit 130); with -o, the same command resumes it.
+
     \b
     spatialreward judge edits.jsonl -o scores.jsonl
     spatialreward judge evalset/ --edited-dir runs/model-b/ -o b.jsonl
@@ -58,17 +63,37 @@ def judge(params: dict) -> None:
             [("manifest", manifest), ("manifest's instructions.jsonl", manifest / "instructions.jsonl"),
              ("config file", params["config_file"])],
         )
+    quiet = params["quiet"]
     samples = read_manifest(params["manifest"], edited_dir=params["edited_dir"])
-    engine = load_judge(params, config)
-    with progress_bar(disable=params["quiet"]) as bar:
-        report = run(
-            engine, samples, output,
-            overwrite=params["overwrite"], retry_errors=params["retry_errors"], strict=params["strict"],
-            on_record=lambda record: bar.update(1),
-        )
-    if params["quiet"]:
+    total = None if quiet else count_entries(params["manifest"])
+    errors = ErrorIds()
+    written = 0
+
+    def on_record(record: dict) -> None:
+        nonlocal written
+        written += 1
+        bar.record(record)
+        if output is None:
+            errors.add(record)
+
+    try:
+        engine = load_judge(params, config)
+        with progress(total=total, disable=quiet) as bar:
+            report = run(
+                engine, samples, output,
+                overwrite=params["overwrite"], retry_errors=params["retry_errors"], strict=params["strict"],
+                on_record=on_record, on_skip=bar.skip,
+            )
+    except KeyboardInterrupt:
+        if output is not None:
+            click.echo(f"interrupted: {written} records written to {output} by this run; run the same command "
+                       "again to resume (edits already recorded are skipped)", err=True)
+        else:
+            click.echo("interrupted: the records went to stdout, so there is nothing to resume "
+                       "(judge with -o FILE to be able to resume)", err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+    if quiet:
         return
-    table_stream = sys.stdout if output is not None else sys.stderr
     notes = []
     if report.skipped:
         notes.append(f"resumed: {report.skipped} edits already in {output} were skipped")
@@ -78,7 +103,34 @@ def judge(params: dict) -> None:
         notes.append(f"--retry-errors: {report.resume.dropped} error records (and their groups) judged again")
     for note in notes:
         click.echo(note, err=True)
-    click.echo(render_table(report.summary), file=table_stream)
+    # Data on stdout (the records, without -o), messages on stderr: the table is a message.
+    click.echo(render_table(report.summary), err=True)
+    if output is not None:
+        for record in read_records(output):
+            errors.add(record)
+    if errors.count:
+        click.echo(errors.line(), err=True)
     if report.summary_file:
         click.echo(f"records: {output}  summary: {report.summary_file}", err=True)
 
+
+class ErrorIds:
+    """The first few ids of error records, and how many there are."""
+
+    SHOWN = 10
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.count = 0
+
+    def add(self, record: dict) -> None:
+        if record.get("status") == "ok":
+            return
+        self.count += 1
+        if len(self.ids) < self.SHOWN:
+            stage = (record.get("error") or {}).get("stage", "?")
+            self.ids.append(f"{record.get('id')} ({stage})")
+
+    def line(self) -> str:
+        more = f" and {self.count - len(self.ids)} more" if self.count > len(self.ids) else ""
+        return f"error records ({self.count}): {', '.join(self.ids)}{more}"

@@ -95,7 +95,11 @@ def pass_params(func):
 
 def load_judge(params: dict, config):
     """The Judge for a model-using command (judge, check), with transformers'
-    own progress bars and advice silenced: they are noise in a CLI."""
+    own progress bars and advice silenced: they are noise in a CLI. Says on
+    stderr what it loads (loading takes a while) unless ``--quiet``."""
+    if not params.get("quiet"):
+        revision = f"@{config.revision}" if config.revision else ""
+        click.echo(f"loading model {config.model}{revision} (backend {params['backend']}) ...", err=True)
     import transformers
 
     from ..judge import Judge

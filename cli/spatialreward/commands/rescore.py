@@ -45,6 +45,8 @@ def rescore(params: dict) -> None:
     finally:
         writer.close()
     summary = builder.result()
-    summary_path(output).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    summary_file = summary_path(output)
+    summary_file.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if not params["quiet"]:
-        click.echo(render_table(summary))
+        click.echo(render_table(summary), err=True)  # a message: stderr, like every command's
+        click.echo(f"records: {output}  summary: {summary_file}", err=True)

@@ -75,6 +75,22 @@ TINY_VISION = {
 }
 
 
+# vLLM's CPU attention refuses head_dim 16: the engine tests serve this one
+# (head_dim 64; mrope_section sums to head_dim / 2).
+ENGINE_TEXT = {
+    **TINY_TEXT,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 64,
+    "rope_scaling": {"mrope_interleaved": True, "mrope_section": [12, 10, 10], "rope_type": "default"},
+}
+ENGINE_VISION = {**TINY_VISION, "hidden_size": 64, "intermediate_size": 128}
+
+PRESETS = {"tiny": (TINY_TEXT, TINY_VISION), "engine": (ENGINE_TEXT, ENGINE_VISION)}
+
+
 def _corpus() -> list[str]:
     from spatialreward.prompts import render_pq, render_sc
 
@@ -110,7 +126,8 @@ def build_tokenizer(vocab_size: int = 640):
     )
 
 
-def build(out_dir: str | Path, arch: dict | None = None, seed: int = 0, dtype: str = "float32") -> Path:
+def build(out_dir: str | Path, arch: dict | None = None, seed: int = 0, dtype: str = "float32",
+          preset: str = "tiny") -> Path:
     """Write a random-weight Qwen3-VL model + processor to ``out_dir``; return it.
 
     ``arch`` is a Qwen3-VL config dict (e.g. the real 8B hyperparameters); its
@@ -131,8 +148,8 @@ def build(out_dir: str | Path, arch: dict | None = None, seed: int = 0, dtype: s
     tokenizer = build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
-    text = dict(arch["text_config"]) if arch else dict(TINY_TEXT)
-    vision = dict(arch["vision_config"]) if arch else dict(TINY_VISION)
+    text = dict(arch["text_config"]) if arch else dict(PRESETS[preset][0])
+    vision = dict(arch["vision_config"]) if arch else dict(PRESETS[preset][1])
     for key in ("model_type", "_about"):
         text.pop(key, None)
         vision.pop(key, None)
@@ -191,11 +208,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--arch", help="a Qwen3-VL config JSON (real shapes); default: tiny")
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                        help="without --arch: tiny (head_dim 16) or engine (head_dim 64, servable by vLLM on a CPU)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     arch = json.loads(Path(args.arch).read_text()) if args.arch else None
-    print(build(args.out_dir, arch=arch, seed=args.seed, dtype=args.dtype))
+    print(build(args.out_dir, arch=arch, seed=args.seed, dtype=args.dtype, preset=args.preset))
 
 
 if __name__ == "__main__":

@@ -11,14 +11,18 @@ answers from a script, chosen per request by, in order of precedence:
 - ``answers``: ``{"sc": TEXT, "pq": TEXT}``, the defaults.
 
 A text ``"!raise MESSAGE"`` makes ``generate()`` raise for that request's
-batch. From the CLI it is ``--backend scripted --model SCRIPT.json`` (an
-entry point of the ``spatialreward.backends`` group).
+batch. ``"delay_s": SECONDS`` makes each ``generate()`` call sleep that long
+first, as a slow model would (for tests of progress and interruption; it does
+not change the answers, so it is not part of the fingerprint). From the CLI it
+is ``--backend scripted --model SCRIPT.json`` (an entry point of the
+``spatialreward.backends`` group).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -45,6 +49,7 @@ class ScriptedBackend:
     def __init__(self, script: dict | None = None, *, model_id: str = "scripted"):
         self.script = {"answers": {"sc": SC_OK, "pq": PQ_OK}, **(script or {})}
         self.model_id = model_id
+        self.delay_s = float(self.script.pop("delay_s", 0) or 0)
         self.fingerprint = "scripted:" + hashlib.sha256(
             json.dumps(self.script, sort_keys=True).encode()).hexdigest()[:16]
         self.calls: list[dict] = []  # one per generate(): {"requests", "constrained", "generation"}
@@ -73,6 +78,8 @@ class ScriptedBackend:
 
     def generate(self, requests: Sequence[Request], generation: Generation, *, constrained: bool) -> list[Answer]:
         self.calls.append({"requests": list(requests), "constrained": constrained, "generation": generation})
+        if self.delay_s > 0:
+            time.sleep(self.delay_s)
         texts = [self.text_for(r, constrained) for r in requests]
         for text in texts:
             if text.startswith("!raise"):
