@@ -45,7 +45,7 @@ def test_score_many_streams_in_order(judge, photos):
             pulled.append(i)
             yield Sample(id=f"s{i}", source=photos["coffee"], edited=photos["coffee_blur"], instruction=f"edit {i}")
 
-    results = list(itertools.islice(judge.score_many(endless(), batch_size=2), 3))
+    results = list(itertools.islice(judge.score_many(endless(), window=2), 3))
     assert [r.sample.id for r in results] == ["s0", "s1", "s2"]
     assert all(r.ok for r in results)
     assert len(pulled) <= 6  # only the batches needed, plus one batch of look-ahead, were read

@@ -30,12 +30,13 @@ def digest(path) -> str:
     return image_digest(load_image(path))
 
 
-def recorded(backend: ScriptedBackend) -> list[tuple]:
-    """Every request the backend saw, in order: (kind, image digests, prompt, seed)."""
-    return [
-        (r.kind, tuple(image_digest(i) for i in r.images), r.prompt, r.seed)
-        for call in backend.calls for r in call["requests"]
-    ]
+def recorded(backend: ScriptedBackend) -> dict[int, tuple]:
+    """Every request the backend saw, by its seed (unique per edit, pass and
+    kind): (kind, image digests, prompt). A request sent twice fails here."""
+    seen = [(r.seed, (r.kind, tuple(image_digest(i) for i in r.images), r.prompt))
+            for call in backend.calls for r in call["requests"]]
+    assert len({seed for seed, _ in seen}) == len(seen), "a request was sent twice"
+    return dict(seen)
 
 
 @pytest.fixture()
@@ -52,19 +53,15 @@ def manifest(photos, tmp_path):
     ])
 
 
-def expected_requests(samples, *, passes: int, batch_size: int, seed: int = 42) -> list[tuple]:
-    """The published protocol, written out: per batch and pass, SC (source,
-    edited, SC prompt with the stripped instruction) for each edit, then PQ
-    (edited, PQ prompt) for each edit."""
-    out = []
-    for start in range(0, len(samples), batch_size):
-        batch = samples[start:start + batch_size]
+def expected_requests(samples, *, passes: int, seed: int = 42) -> dict[int, tuple]:
+    """The published protocol, written out: for each edit and pass, SC (source,
+    edited, SC prompt with the stripped instruction) and PQ (edited, PQ prompt)."""
+    out = {}
+    for s in samples:
         for p in range(passes):
-            for s in batch:
-                out.append(("sc", (digest(s.source), digest(s.edited)), render_sc(s.instruction.strip()),
-                            request_seed(seed, s.id, p, "sc")))
-            for s in batch:
-                out.append(("pq", (digest(s.edited),), render_pq(), request_seed(seed, s.id, p, "pq")))
+            out[request_seed(seed, s.id, p, "sc")] = (
+                "sc", (digest(s.source), digest(s.edited)), render_sc(s.instruction.strip()))
+            out[request_seed(seed, s.id, p, "pq")] = ("pq", (digest(s.edited),), render_pq())
     return out
 
 
@@ -81,11 +78,8 @@ def test_judge_sends_the_published_requests(manifest, passes):
     assert [s.id for s in samples] == ["red", "mirror", "grp#0", "grp#1", "grp#2"]
     results = list(judge.score_many(samples))
     assert all(r.ok for r in results)
-    assert recorded(backend) == expected_requests(samples, passes=passes, batch_size=2)
+    assert recorded(backend) == expected_requests(samples, passes=passes)
     assert all(not call["constrained"] for call in backend.calls)
-    if passes > 1:  # every pass of a request draws with its own seed
-        seeds = [seed for *_, seed in recorded(backend)]
-        assert len(set(seeds)) == len(seeds)
 
 
 def test_source_and_edited_are_never_the_same_image(manifest):
@@ -103,8 +97,11 @@ def test_repair_sends_the_same_request_constrained(photos):
     judge = Judge(backend, load_config())
     result = judge.score(photos["coffee"], photos["coffee_blur"], "Blur it")
     assert result.ok and result.repaired
-    assert [c["constrained"] for c in backend.calls] == [False, True, False, True]
-    first, repair = backend.calls[0]["requests"][0], backend.calls[1]["requests"][0]
+    sent = [(r, c["constrained"]) for c in backend.calls for r in c["requests"]]
+    assert sorted((r.kind, constrained) for r, constrained in sent) == [
+        ("pq", False), ("pq", True), ("sc", False), ("sc", True)]
+    first, = [r for r, constrained in sent if r.kind == "sc" and not constrained]
+    repair, = [r for r, constrained in sent if r.kind == "sc" and constrained]
     assert (repair.kind, repair.prompt) == (first.kind, first.prompt) == ("sc", render_sc("Blur it"))
     assert [image_digest(i) for i in repair.images] == [digest(photos["coffee"]), digest(photos["coffee_blur"])]
     assert repair.seed == request_seed(42, "edit", 0, "sc", attempt=1) != first.seed
@@ -195,4 +192,5 @@ def test_api_instruction_is_stripped_like_a_manifests(photos):
     """Judge.score strips surrounding whitespace as the manifest reader does."""
     backend = ScriptedBackend()
     Judge(backend, load_config()).score(photos["coffee"], photos["coffee_blur"], "  Blur it \n")
-    assert backend.calls[0]["requests"][0].prompt == render_sc("Blur it")
+    sc, = [r for c in backend.calls for r in c["requests"] if r.kind == "sc"]
+    assert sc.prompt == render_sc("Blur it")

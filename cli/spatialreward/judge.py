@@ -1,15 +1,19 @@
-"""The judge: samples -> images -> requests -> backend -> parse -> aggregate -> results.
+"""The judge: samples -> images -> requests -> scheduler -> backend -> parse -> aggregate -> results.
 
 ``Judge.score`` judges one edit; ``Judge.score_many`` streams results for an
-iterable of samples in order, holding only one batch in memory.
+iterable of samples in order through a bounded reorder window; ``Judge.submit``
+judges one sample in the background (a future), for callers such as the reward
+server. Every request of every caller goes through one ``Scheduler``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
 import statistics
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Sequence
 
@@ -23,6 +27,7 @@ from .prompts import prompts_fingerprint
 from .records import build_record
 from .requests import PQ, SC, Request, pq_request, sc_request
 from .sample import Sample
+from .scheduler import Scheduler
 
 log = logging.getLogger("spatialreward")
 
@@ -88,6 +93,14 @@ class Judge:
             dtype=backend.dtype, prompts=prompts_fingerprint(), model=getattr(backend, "fingerprint", None)
         )
         self.config_hash = config_hash(self.judge_hash, config.aggregation)
+        # An in-process model takes batches of --batch-size, one at a time; an
+        # engine says what it takes (openai: one request per call, many calls).
+        self.max_batch = getattr(backend, "max_batch", None) or config.batch_size
+        self.concurrency = getattr(backend, "concurrency", None) or 1
+        self._scheduler: Scheduler | None = None
+        self._lock = threading.Lock()
+        # Images decode in the background while the model works (Pillow releases the GIL).
+        self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spatialreward-images")
 
     @classmethod
     def from_pretrained(
@@ -123,59 +136,65 @@ class Judge:
             sample.error = InputError("empty instruction")
         return next(iter(self.score_many([sample])))
 
-    def score_many(self, samples: Iterable[Sample], batch_size: int | None = None) -> Iterator[JudgeResult]:
-        """Stream one result per sample, in order, ``batch_size`` samples per batch.
+    def score_many(self, samples: Iterable[Sample], window: int | None = None) -> Iterator[JudgeResult]:
+        """Stream one result per sample, in order.
 
-        The next batch's images are decoded in a background thread while the
-        model works on the current one (one batch of look-ahead)."""
-        size = batch_size or self.config.batch_size
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spatialreward-images") as pool:
-            loading = None
-            for batch in _batches(samples, size):
-                upcoming = pool.submit(self._load_batch, batch)
-                if loading is not None:
-                    yield from self._judge_loaded(*loading.result())
-                loading = upcoming
-            if loading is not None:
-                yield from self._judge_loaded(*loading.result())
-
-    # -- pipeline ---------------------------------------------------------------
-    def _load_batch(self, samples: list[Sample]) -> tuple[list[JudgeResult], dict[int, tuple]]:
-        """Decode the batch's images; an unreadable one fails only its own sample."""
-        results = [JudgeResult(sample=s, error=s.error, judge=self) for s in samples]
-        images: dict[int, tuple] = {}
-        for i, result in enumerate(results):
-            if result.error is None:
-                try:
-                    source = load_image(result.sample.source, role="source")
-                    edited = load_image(result.sample.edited, role="edited")
-                except InputError as exc:
-                    result.error = exc
-                    continue
-                images[i] = (source, edited)
-                result.edited_size = edited.size
-        return results, images
-
-    def _judge_loaded(self, results: list[JudgeResult], images: dict[int, tuple]) -> list[JudgeResult]:
-        live = list(images)
-        gen = self.config.generation
-        for p in range(gen.passes):
-            for kind in (SC, PQ):
-                todo = [i for i in live if results[i].error is None]
-                if not todo:
+        Up to ``window`` samples are in flight at once (default: enough to keep
+        the backend's queue full); results leave in input order through that
+        bounded reorder window, so memory stays flat in the number of samples."""
+        window = window or self.window
+        pending: deque[Future] = deque()
+        iterator = iter(samples)
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < window:
+                sample = next(iterator, None)
+                if sample is None:
+                    exhausted = True
                     break
-                requests = [self._request(kind, results[i].sample, images[i], p) for i in todo]
-                outcomes = self._judge_requests(requests, [results[i].sample.id for i in todo], p)
-                for i, outcome in zip(todo, outcomes):
-                    if isinstance(outcome, SampleError):
-                        results[i].error = outcome
-                    else:
-                        (results[i].sc if kind == SC else results[i].pq).append(outcome)
-        for result in results:
-            if result.error is None:
-                result.scores = mean_scores(result.pass_scores())
-                result.reward = aggregate(result.scores, self.config.aggregation)
-        return results
+                pending.append(self.submit(sample))
+            if not pending:
+                return
+            yield pending.popleft().result()
+
+    def submit(self, sample: Sample) -> "Future[JudgeResult]":
+        """Judge one sample in the background: its images are decoded, its SC and
+        PQ requests (every pass) go to the shared scheduler together, and the
+        future resolves to its result (never raises for a bad edit)."""
+        job = _Job(self, sample)
+        if sample.error is not None:
+            job.finish()
+        else:
+            self._loader.submit(job.load)
+        return job.future
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The one queue in front of the backend, shared by every caller of this judge."""
+        with self._lock:
+            if self._scheduler is None:
+                self._scheduler = Scheduler(self.backend, self.config.generation, max_batch=self.max_batch,
+                                            concurrency=self.concurrency)
+            return self._scheduler
+
+    @property
+    def window(self) -> int:
+        """Samples in flight that keep the backend busy: what it can hold, plus one batch."""
+        return self.max_batch * self.concurrency + self.max_batch
+
+    def close(self) -> None:
+        """Stop the scheduler's and the image loader's threads."""
+        with self._lock:
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.close()
+        self._loader.shutdown(wait=True)
+
+    def __enter__(self) -> "Judge":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _request(self, kind: str, sample: Sample, images: tuple, pass_index: int) -> Request:
         """The published request of ``kind`` for one loaded edit: SC sees source
@@ -186,69 +205,77 @@ class Judge:
             return sc_request(source, edited, sample.instruction.strip(), seed=seed)
         return pq_request(edited, seed=seed)
 
-    def _judge_requests(self, requests: list[Request], ids: list[str], pass_index: int) -> list[Judgment | SampleError]:
-        """Generate, parse and (per ``structured``) repair one batch of same-kind requests."""
-        mode = self.config.generation.structured
-        answers = self._generate(requests, constrained=(mode == "always"))
-        outcomes: list[Judgment | SampleError] = []
-        retry: list[int] = []
-        for idx, (request, answer) in enumerate(zip(requests, answers)):
-            if isinstance(answer, SampleError):
-                outcomes.append(answer)
-                continue
-            try:
-                outcomes.append(Judgment(_parse(request.kind, answer, constrained=(mode == "always")), answer.text))
-            except ParseError as exc:
-                outcomes.append(exc)
-                if mode == "auto":
-                    retry.append(idx)
-        if retry:
-            gen = self.config.generation
-            again = [
-                replace(requests[i], seed=request_seed(gen.seed, ids[i], pass_index, requests[i].kind, attempt=1))
-                for i in retry
-            ]
-            repaired = self._generate(again, constrained=True)
-            for idx, answer in zip(retry, repaired):
-                first = outcomes[idx]
-                if isinstance(answer, SampleError):
-                    outcomes[idx] = ModelError(f"{first.message}; constrained repair failed: {answer.message}")
-                    continue
-                try:
-                    parsed = _parse(requests[idx].kind, answer, constrained=True)
-                except ParseError as exc:
-                    outcomes[idx] = ParseError(f"{first.message}; constrained repair also failed: {exc.message}")
-                    continue
-                outcomes[idx] = Judgment(parsed, answer.text, repaired=True, failed_raw=answers[idx].text)
-        return outcomes
 
-    def _generate(self, requests: list[Request], *, constrained: bool) -> list[Answer | ModelError]:
-        """One generate() for the batch; if it raises or does not return exactly
-        one answer per request, each request alone, so one bad request fails only
-        its own sample and no answer can land on another request."""
-        gen = self.config.generation
+class _Job:
+    """One sample through the pipeline: images -> requests (SC and PQ of every
+    pass, sent together) -> parse (-> one constrained repair) -> aggregate."""
+
+    def __init__(self, judge: Judge, sample: Sample):
+        self.judge = judge
+        self.result = JudgeResult(sample=sample, error=sample.error, judge=judge)
+        self.future: Future = Future()
+        self.outcomes: dict[tuple[int, str], Judgment | SampleError] = {}
+        self.lock = threading.Lock()
+
+    def load(self) -> None:
+        sample = self.result.sample
         try:
-            answers = list(self.backend.generate(requests, gen, constrained=constrained))
-            if len(answers) == len(requests):
-                return answers
-            problem = f"backend returned {len(answers)} answers for {len(requests)} requests"
-        except Exception as exc:  # noqa: BLE001 - any model failure becomes per-request errors
-            problem = _describe(exc)
-        if len(requests) == 1:
-            return [ModelError(f"{requests[0].kind.upper()} generation failed: {problem}")]
-        log.warning("batch of %d failed (%s); retrying one by one", len(requests), problem)
-        return [self._generate([r], constrained=constrained)[0] for r in requests]
+            images = (load_image(sample.source, role="source"), load_image(sample.edited, role="edited"))
+        except InputError as exc:
+            self.result.error = exc
+            return self.finish()
+        except Exception as exc:  # noqa: BLE001 - e.g. a bad SPATIALREWARD_MAX_IMAGE_PIXELS: the caller sees it
+            self.future.set_exception(exc)
+            return
+        self.result.edited_size = images[1].size
+        gen = self.judge.config.generation
+        wanted = [(p, kind) for p in range(gen.passes) for kind in (SC, PQ)]
+        self.remaining = len(wanted)
+        for p, kind in wanted:
+            self.send(self.judge._request(kind, sample, images, p), p, constrained=(gen.structured == "always"))
 
+    def send(self, request: Request, pass_index: int, *, constrained: bool, first=None) -> None:
+        """``first``: (the ParseError, the failed Answer) when this is the repair."""
+        future = self.judge.scheduler.submit(request, constrained=constrained)
+        future.add_done_callback(lambda f: self.answered(request, pass_index, f.result(), constrained, first))
 
-def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
-    batch: list[Sample] = []
-    for sample in samples:
-        batch.append(sample)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    def answered(self, request: Request, pass_index: int, answer, constrained: bool, first) -> None:
+        gen = self.judge.config.generation
+        if isinstance(answer, SampleError):
+            outcome = answer if first is None else ModelError(
+                f"{first[0].message}; constrained repair failed: {answer.message}")
+        else:
+            try:
+                parsed = _parse(request.kind, answer, constrained=constrained)
+                outcome = Judgment(parsed, answer.text, repaired=first is not None,
+                                   failed_raw=first[1].text if first else None)
+            except ParseError as exc:
+                if first is None and gen.structured == "auto":
+                    seed = request_seed(gen.seed, self.result.sample.id, pass_index, request.kind, attempt=1)
+                    self.send(replace(request, seed=seed), pass_index, constrained=True, first=(exc, answer))
+                    return
+                outcome = exc if first is None else ParseError(
+                    f"{first[0].message}; constrained repair also failed: {exc.message}")
+        with self.lock:
+            self.outcomes[(pass_index, request.kind)] = outcome
+            self.remaining -= 1
+            done = self.remaining == 0
+        if done:
+            self.finish()
+
+    def finish(self) -> None:
+        result, gen = self.result, self.judge.config.generation
+        for p in range(gen.passes):
+            for kind in (SC, PQ):
+                outcome = self.outcomes.get((p, kind))
+                if isinstance(outcome, SampleError):
+                    result.error = result.error or outcome  # the first, in pass and SC-PQ order
+                elif outcome is not None:
+                    (result.sc if kind == SC else result.pq).append(outcome)
+        if result.error is None:
+            result.scores = mean_scores(result.pass_scores())
+            result.reward = aggregate(result.scores, self.judge.config.aggregation)
+        self.future.set_result(result)
 
 
 def _parse(kind: str, answer: Answer, *, constrained: bool) -> SCAnswer | PQAnswer:
@@ -257,11 +284,6 @@ def _parse(kind: str, answer: Answer, *, constrained: bool) -> SCAnswer | PQAnsw
     except ParseError as exc:
         cut = "" if answer.finished else f" (answer cut at {answer.tokens} tokens: raise --max-new-tokens)"
         raise ParseError(f"{kind.upper()} answer: {exc.message}{cut}") from None
-
-
-def _describe(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__
 
 
 def request_seed(seed: int, sample_id: str, pass_index: int, kind: str, attempt: int = 0) -> int:

@@ -81,6 +81,9 @@ def build_record(result: JudgeResult, *, model: str, judge_hash: str, config_has
         failed = {k: j[0].failed_raw for k, j in (("sc", result.sc), ("pq", result.pq)) if j and j[0].failed_raw}
         if failed:
             record["raw_failed"] = failed
+    notes = parse_notes(result)
+    if notes:
+        record["parse_notes"] = notes
     passes = result.pass_scores()
     if len(passes) > 1 and result.ok:
         record["passes"] = [s.to_dict() for s in passes]
@@ -95,6 +98,18 @@ def build_record(result: JudgeResult, *, model: str, judge_hash: str, config_has
         version=RECORD_VERSION,
     )
     return record
+
+
+def parse_notes(result: "JudgeResult") -> list[str]:
+    """What parsing tolerated in the answers behind this record ("sc: score
+    given as strings"; "sc pass 2: ..." with several passes): nothing silent."""
+    several = max(len(result.sc), len(result.pq)) > 1
+    notes = []
+    for kind, judgments in (("sc", result.sc), ("pq", result.pq)):
+        for index, judgment in enumerate(judgments):
+            where = f"{kind} pass {index + 1}" if several else kind
+            notes.extend(f"{where}: {note}" for note in getattr(judgment.answer, "notes", ()))
+    return notes
 
 
 def spread(passes: list[Scores]) -> dict:
