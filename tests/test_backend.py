@@ -102,7 +102,7 @@ def test_constrained_answers_parse_strictly(backend, images):
     for request, answer in zip(requests, answers):
         json.loads(answer.text)  # strict JSON, no control characters
         if request.kind == "sc":
-            parsed = parse_sc(answer.text, reorder_boxes=True)
+            parsed = parse_sc(answer.text)
             assert all(0 <= v <= 1000 for r in parsed.regions for v in r.bbox_2d)
         else:
             parsed = parse_pq(answer.text)
