@@ -3,7 +3,8 @@
 grammars at the real Qwen3-VL vocabulary size.
 
 The grammars are compiled through the transformers backend's own
-``TransformersBackend._grammar`` (same schema, same xgrammar flags), against:
+``TransformersBackend._grammar`` (same schema, same xgrammar flags, the same
+``json_tokenizer_info`` filtering of the vocabulary), against:
 
 - a synthetic byte-level vocabulary of Qwen3-VL's size: 256 byte tokens,
   151,387 generated pieces (English-like words and subwords with and without
@@ -49,7 +50,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cli"))
 import xgrammar as xgr  # noqa: E402
 
 from spatialreward.backends import transformers_backend as tb  # noqa: E402
-from spatialreward.structured import CHARS_PER_TOKEN, bounds_for, chars_per_token_of, schema_for  # noqa: E402
+from spatialreward.structured import (  # noqa: E402
+    CHARS_PER_TOKEN,
+    bounds_for,
+    chars_per_token_of,
+    json_tokenizer_info,
+    schema_for,
+)
 
 QWEN_REGULAR = 151_643  # Qwen2/3 BPE tokens (ids 0..151642)
 QWEN_VOCAB_SIZE = 151_936  # Qwen3-VL-8B text_config.vocab_size (padded)
@@ -244,7 +251,8 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     vocab = synthetic_qwen_vocab()
     ids = {piece: i for i, piece in enumerate(vocab[:QWEN_REGULAR])}
-    qwen = xgr.TokenizerInfo(vocab, xgr.VocabType.RAW, vocab_size=QWEN_VOCAB_SIZE, stop_token_ids=STOP)
+    # as the backend does: tokens holding a control character taken out
+    qwen = json_tokenizer_info(xgr.TokenizerInfo(vocab, xgr.VocabType.RAW, vocab_size=QWEN_VOCAB_SIZE, stop_token_ids=STOP))
     print(f"synthetic Qwen-size vocabulary: {len(vocab):,} tokens, vocab_size {QWEN_VOCAB_SIZE:,} "
           f"({time.perf_counter() - start:.1f} s to build)", flush=True)
 
@@ -252,9 +260,9 @@ def main(argv=None) -> None:
 
     tiny_tok = build_tokenizer()
     tiny_cpt = chars_per_token_of(tiny_tok)
-    tiny = xgr.TokenizerInfo.from_huggingface(
+    tiny = json_tokenizer_info(xgr.TokenizerInfo.from_huggingface(
         tiny_tok, vocab_size=(len(tiny_tok) + 63) // 64 * 64,
-        stop_token_ids=[tiny_tok.convert_tokens_to_ids("<|im_end|>")])
+        stop_token_ids=[tiny_tok.convert_tokens_to_ids("<|im_end|>")]))
 
     def qwen_tokens(text):
         return greedy_tokenize(text, ids)

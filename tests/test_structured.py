@@ -13,6 +13,7 @@ from spatialreward.structured import (
     REGION_TOKENS,
     bounds_for,
     chars_per_token_of,
+    json_tokenizer_info,
     pq_schema,
     sc_schema,
     schema_for,
@@ -72,13 +73,19 @@ def compile_grammar():
     xgr = pytest.importorskip("xgrammar")
     from spatialreward.backends.transformers_backend import TransformersBackend
 
-    info = xgr.TokenizerInfo([bytes([i]) for i in range(256)] + [b"<|im_end|>"], xgr.VocabType.RAW,
-                             vocab_size=257, stop_token_ids=[256])
+    info = json_tokenizer_info(xgr.TokenizerInfo([bytes([i]) for i in range(256)] + [b"<|im_end|>"],
+                                                 xgr.VocabType.RAW, vocab_size=257, stop_token_ids=[256]))
     stub = SimpleNamespace(_grammars={}, _compiler=xgr.GrammarCompiler(info), _chars_per_token=CHARS_PER_TOKEN)
 
-    def accepts(kind: str, budget: int, text: str) -> bool:
+    def accepts(kind: str, budget: int, text: str, token: int | None = None) -> bool:
+        """Whether the grammar accepts ``text`` and then the stop token, or, given
+        ``token``, whether it lets the model emit that token after ``text``."""
         matcher = xgr.GrammarMatcher(TransformersBackend._grammar(stub, kind, budget))
-        return matcher.accept_string(text) and matcher.accept_token(256) and matcher.is_terminated()
+        if not matcher.accept_string(text):
+            return False
+        if token is not None:
+            return matcher.accept_token(token)
+        return matcher.accept_token(256) and matcher.is_terminated()
 
     return accepts
 
@@ -101,7 +108,15 @@ def test_grammar_accepts_the_trained_layout(compile_grammar):
         ("pq", TRAINED_PQ.replace("[23, 24]", "[23.5, 24]")),  # integers only
         ("pq", json.dumps({"reasoning": "x" * (bounds_for(512).pq_reasoning_chars + 1), "score": [1, 2]})),
         ("sc", TRAINED_SC.replace("[12, 340, 560, 998]", "[12, 340, 560, 1001]")),
+        ("pq", TRAINED_PQ.replace("Natural light", "Natural\\nlight")),  # escapes
     ],
 )
 def test_grammar_rejects_other_layouts(compile_grammar, kind, text):
     assert not compile_grammar(kind, 512, text)
+
+
+@pytest.mark.parametrize("byte", [0x00, 0x01, 0x09, 0x0A, 0x1F])
+def test_no_control_character_token_inside_strings(compile_grammar, byte):
+    """xgrammar's bounded strings admit control characters; the vocabulary does not."""
+    assert compile_grammar("pq", 512, '{"reasoning": "Natural', token=ord("l"))
+    assert not compile_grammar("pq", 512, '{"reasoning": "Natural', token=byte)

@@ -13,9 +13,11 @@ and no other whitespace outside strings::
 What the grammar cannot express is left to the parser: scores are integers
 0..25 and coordinates integers 0..1000, but x1 <= x2 cannot be required
 (inverted corners are reordered and flagged by ``parse``). Strings exclude
-quotes, backslashes and line breaks, so no escape is ever needed; xgrammar's
-length-bounded strings do admit the other control characters (tab, U+0000 to
-U+001F), which strict JSON forbids: ``parse`` reads them and notes it.
+quotes, backslashes and line breaks, so no escape is ever needed. xgrammar's
+length-bounded strings would admit the other control characters (tab, U+0000
+to U+001F), which strict JSON forbids: ``json_tokenizer_info`` takes every
+token holding one out of the grammar's vocabulary, so a constrained answer is
+strict JSON.
 
 Bounds: every string and array is bounded, so that an answer of typical
 English closes within ``max_new_tokens``. The costs assumed are realistic for
@@ -54,6 +56,7 @@ benchmarks/grammar_compile.py and benchmarks/README.md.)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .constants import BBOX_RANGE, SCORE_RANGE
@@ -151,3 +154,17 @@ def pq_schema(bounds: Bounds) -> dict:
 def schema_for(kind: str, max_new_tokens: int, chars_per_token: float = CHARS_PER_TOKEN) -> dict:
     bounds = bounds_for(max_new_tokens, chars_per_token)
     return sc_schema(bounds) if kind == "sc" else pq_schema(bounds)
+
+
+_CONTROL = re.compile(rb"[\x00-\x1f]")
+
+
+def json_tokenizer_info(info):
+    """``info`` (an ``xgrammar.TokenizerInfo``) without the tokens that hold a
+    control character: xgrammar treats an empty token as special and never lets
+    a grammar emit it, so constrained strings stay strict JSON."""
+    import xgrammar as xgr
+
+    vocab = [b"" if _CONTROL.search(token) else token for token in info.decoded_vocab]
+    return xgr.TokenizerInfo(vocab, xgr.VocabType.RAW, vocab_size=info.vocab_size,
+                             stop_token_ids=info.stop_token_ids)
