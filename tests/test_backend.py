@@ -4,6 +4,7 @@ batching with left padding, greedy fidelity, constrained decoding."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -129,8 +130,8 @@ def test_weights_load_straight_onto_the_device(tiny_model, monkeypatch):
     assert next(loaded.model.parameters()).device.type == "cpu"
 
 
-def test_constrained_answers_parse_strictly(backend, images):
-    """Under the grammar even random weights give schema-valid, strict JSON."""
+def test_constrained_answers_parse(backend, images):
+    """Under the grammar even random weights give schema-valid, strict JSON that closes in time."""
     gen = Generation(max_new_tokens=160)
     requests = [
         sc_request(images["coffee"], images["coffee_red_square"], "Add a red square"),
@@ -142,13 +143,47 @@ def test_constrained_answers_parse_strictly(backend, images):
     for request, answer in zip(requests, answers):
         json.loads(answer.text)  # strict JSON, no control characters
         if request.kind == "sc":
-            parsed = parse_sc(answer.text, reorder_boxes=True)
+            parsed = parse_sc(answer.text)
             assert all(0 <= v <= 1000 for r in parsed.regions for v in r.bbox_2d)
+            assert not any(r.clipped for r in parsed.regions)
         else:
             parsed = parse_pq(answer.text)
             assert 0 <= parsed.naturalness <= 25
+        # nothing tolerated but what the grammar cannot express (x1 <= x2)
+        assert all(n.endswith("corners reordered") for n in parsed.notes), parsed.notes
 
 
+_REGION = r'\{"id": \d+, "label": "", "bbox_2d": \[\d+, \d+, \d+, \d+\]\}'
+_LAYOUT = {
+    "sc": re.compile(r'\{"edit_region": \[(' + _REGION + r'(, ' + _REGION + r')*)?\], "reasoning": "", "score": \[\d+, \d+\]\}'),
+    "pq": re.compile(r'\{"reasoning": "", "score": \[\d+, \d+\]\}'),
+}
+
+
+def test_constrained_answers_use_the_trained_layout(backend, images):
+    """Keys in the trained order, ", " and ": " separators, no other whitespace
+    outside strings: {"edit_region": [{"id": 0, "label": "...", "bbox_2d": [...]}],
+    "reasoning": "...", "score": [s1, s2]} and {"reasoning": "...", "score": [n, a]}."""
+    gen = Generation(max_new_tokens=160)
+    requests = [
+        sc_request(images["coffee"], images["coffee_blur"], "Blur the photo"),
+        pq_request(images["coffee_gray"]),
+        sc_request(images["coffee"], images["coffee_red_square"], "Add a red square on the right"),
+        pq_request(images["astronaut_mirror"]),
+    ]
+    answers = backend.generate(requests, gen, constrained=True, seed=0)
+    regions = 0
+    for request, answer in zip(requests, answers):
+        assert answer.finished
+        # Strings hold no quote (the grammar excludes it), so they pair up left to right:
+        # blank every value string, keep the keys (the strings followed by ":").
+        parts = re.split(r'("[^"]*")', answer.text)
+        skeleton = "".join(
+            '""' if i % 2 and not parts[i + 1].startswith(":") else part for i, part in enumerate(parts)
+        )
+        assert _LAYOUT[request.kind].fullmatch(skeleton), answer.text
+        regions += skeleton.count('"bbox_2d"')
+    assert regions > 0  # the region layout was exercised
 def test_unconstrained_random_answer_does_not_parse(backend, images):
     """The random model's free text is not a judgment: this is what `auto` repairs."""
     answer = backend.generate([pq_request(images["coffee"])], GEN, constrained=False)[0]

@@ -280,7 +280,7 @@ class _Job:
 
 def _parse(kind: str, answer: Answer, *, constrained: bool) -> SCAnswer | PQAnswer:
     try:
-        return parse_sc(answer.text, reorder_boxes=constrained) if kind == SC else parse_pq(answer.text)
+        return parse_sc(answer.text) if kind == SC else parse_pq(answer.text)
     except ParseError as exc:
         cut = "" if answer.finished else f" (answer cut at {answer.tokens} tokens: raise --max-new-tokens)"
         raise ParseError(f"{kind.upper()} answer: {exc.message}{cut}") from None

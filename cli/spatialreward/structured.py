@@ -1,23 +1,73 @@
 """JSON schemas for grammar-constrained decoding of SC and PQ answers.
 
 Used by ``--structured always`` (every request) and ``auto`` (only to
-regenerate answers that failed strict parsing). Every string, array and
-number is bounded so that a constrained answer always closes within
-``max_new_tokens``: the bounds are derived from that budget, assuming the
-worst case of four tokens per character. Strings exclude quotes, backslashes
-and control characters, so the result always passes strict ``json.loads``.
-Scores are integers 0..25 and boxes integers 0..1000 under the grammar.
+regenerate answers that failed parsing).
+
+Layout: the trained one, as closely as a grammar allows. Keys in the trained
+order (SC ``edit_region``, ``reasoning``, ``score``; PQ ``reasoning``,
+``score``), no other key, compiled with the separators ``", "`` and ``": "``
+and no other whitespace outside strings::
+
+    {"edit_region": [{"id": 0, "label": "...", "bbox_2d": [x1, y1, x2, y2]}], "reasoning": "...", "score": [s1, s2]}
+
+What the grammar cannot express is left to the parser: scores are integers
+0..25 and coordinates integers 0..1000, but x1 <= x2 cannot be required
+(inverted corners are reordered and flagged by ``parse``). Strings exclude
+quotes, backslashes and line breaks, so no escape is ever needed. xgrammar's
+length-bounded strings would admit the other control characters (tab, U+0000
+to U+001F), which strict JSON forbids: ``json_tokenizer_info`` takes every
+token holding one out of the grammar's vocabulary, so a constrained answer is
+strict JSON.
+
+Bounds: every string and array is bounded, so that an answer of typical
+English closes within ``max_new_tokens``. The costs assumed are realistic for
+Qwen's 151k byte-level BPE, not worst case (a worst-case four tokens per
+character left 66 characters of SC reasoning at 512 tokens):
+
+- ``CHARS_PER_TOKEN`` = 3 characters of reasoning or label per token (English
+  runs at 3-4; the ``<|bbox_N|>`` markers and punctuation cost more, hence 3);
+- ``FRAME_TOKENS`` = 40 for braces, keys, separators and the two scores (~25);
+- ``REGION_TOKENS`` = 40 for one region without its label (~30: every digit
+  of the four coordinates is its own token);
+- labels of at most ``LABEL_CHARS`` = 48 characters (an eighth of the budget
+  below ~170 tokens); at most ``MAX_REGIONS`` = 8 regions, one per
+  ``REGION_SHARE`` = 150 tokens of budget (at least 1); the SC reasoning gets
+  the rest, PQ the whole budget past the frame.
+
+A model that writes denser text than assumed (say many non-ASCII
+characters) can still run past ``max_new_tokens``: that answer is cut, which
+is an explicit parse error ("answer cut at N tokens: raise
+--max-new-tokens"), never a score. That is why a realistic rather than a
+worst-case bound is acceptable. The backend passes ``chars_per_token_of(its
+tokenizer)``: ``CHARS_PER_TOKEN``, or less for a tokenizer that spends more
+tokens on English (the tiny test tokenizer: ~2).
+
+At ``CHARS_PER_TOKEN`` (labels 48 characters): 512 tokens allow 3 regions,
+912 characters of SC and 1416 of PQ reasoning; 1024 tokens 6 regions, 1944
+and 2952; 4096 tokens 8 regions, 10824 and 12168.
+
+Compile cost: strings are bounded with ``maxLength``, which xgrammar (>=
+0.1.28) compiles into at most ~255 unrolled positions whatever the bound, so
+compile time and memory do not grow with ``max_new_tokens``. (A regex
+``pattern`` bound is unrolled once per character: at the real vocabulary size
+the previous 4096-token SC grammar took minutes to compile; see
+benchmarks/grammar_compile.py and benchmarks/README.md.)
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .constants import BBOX_RANGE, SCORE_RANGE
 
-_FRAME_TOKENS = 80  # braces, keys, separators and the two scores
-_REGION_TOKENS = 60  # one region without its label
-_TOKENS_PER_CHAR = 4  # worst case: a non-ASCII character of four byte tokens
+CHARS_PER_TOKEN = 3.0
+FRAME_TOKENS = 40
+REGION_TOKENS = 40
+LABEL_CHARS = 48
+MAX_REGIONS = 8
+REGION_SHARE = 150
+MIN_STRING_CHARS = 8
 
 
 @dataclass(frozen=True)
@@ -28,31 +78,39 @@ class Bounds:
     pq_reasoning_chars: int
 
 
-def bounds_for(max_new_tokens: int) -> Bounds:
-    avail = max(0, max_new_tokens - _FRAME_TOKENS)
-    max_regions = min(8, max(1, avail // 480))
-    label_chars = min(64, max(4, avail // _TOKENS_PER_CHAR // (4 * max_regions)))
-    region_cost = max_regions * (_REGION_TOKENS + _TOKENS_PER_CHAR * label_chars)
+def bounds_for(max_new_tokens: int, chars_per_token: float = CHARS_PER_TOKEN) -> Bounds:
+    """String and array bounds for a token budget (see the module docstring)."""
+    avail = max(0, max_new_tokens - FRAME_TOKENS)
+    max_regions = min(MAX_REGIONS, max(1, avail // REGION_SHARE))
+    label_chars = max(4, min(LABEL_CHARS, int(avail / 8 * chars_per_token)))
+    region_cost = max_regions * (REGION_TOKENS + label_chars / chars_per_token)
     return Bounds(
         max_regions=max_regions,
         label_chars=label_chars,
-        sc_reasoning_chars=max(8, (avail - region_cost) // _TOKENS_PER_CHAR),
-        pq_reasoning_chars=max(8, avail // _TOKENS_PER_CHAR),
+        sc_reasoning_chars=max(MIN_STRING_CHARS, int((avail - region_cost) * chars_per_token)),
+        pq_reasoning_chars=max(MIN_STRING_CHARS, int(avail * chars_per_token)),
     )
 
 
-_CHAR = "[^\"\\\\\\x00-\\x1f\\x7f]"  # no quote, backslash or control character
-_CHUNK = 100  # xgrammar refuses single repetition counts much above 128
+# Plain English of the kind the model writes, to measure a tokenizer's characters per token.
+_ENGLISH_SAMPLE = (
+    "The red cup on the left side of the table was replaced by a blue mug, as the instruction asks. "
+    "The saucer, the spoon and the window behind them are unchanged; the lighting and shadows of the "
+    "new mug match the rest of the scene, although a faint halo remains along its rim."
+)
+
+
+def chars_per_token_of(tokenizer) -> float:
+    """``CHARS_PER_TOKEN``, or less for a tokenizer that spends more tokens on
+    plain English (a small test vocabulary): characters per token of a fixed
+    English sample under ``tokenizer``, capped at ``CHARS_PER_TOKEN``."""
+    tokens = len(tokenizer.encode(_ENGLISH_SAMPLE, add_special_tokens=False))
+    return min(CHARS_PER_TOKEN, len(_ENGLISH_SAMPLE) / max(1, tokens))
 
 
 def _string(max_chars: int) -> dict:
-    """A string of at most ``max_chars`` characters (rounded down to a multiple
-    of 100 above 100, written as nested repetitions xgrammar can compile)."""
-    if max_chars <= _CHUNK:
-        body = "%s{0,%d}" % (_CHAR, max_chars)
-    else:
-        body = "(%s{0,%d}){0,%d}" % (_CHAR, _CHUNK, max_chars // _CHUNK)
-    return {"type": "string", "pattern": "^" + body + "$"}
+    """A string of at most ``max_chars`` characters (Unicode code points)."""
+    return {"type": "string", "maxLength": max_chars}
 
 
 def _score() -> dict:
@@ -93,6 +151,20 @@ def pq_schema(bounds: Bounds) -> dict:
     }
 
 
-def schema_for(kind: str, max_new_tokens: int) -> dict:
-    bounds = bounds_for(max_new_tokens)
+def schema_for(kind: str, max_new_tokens: int, chars_per_token: float = CHARS_PER_TOKEN) -> dict:
+    bounds = bounds_for(max_new_tokens, chars_per_token)
     return sc_schema(bounds) if kind == "sc" else pq_schema(bounds)
+
+
+_CONTROL = re.compile(rb"[\x00-\x1f]")
+
+
+def json_tokenizer_info(info):
+    """``info`` (an ``xgrammar.TokenizerInfo``) without the tokens that hold a
+    control character: xgrammar treats an empty token as special and never lets
+    a grammar emit it, so constrained strings stay strict JSON."""
+    import xgrammar as xgr
+
+    vocab = [b"" if _CONTROL.search(token) else token for token in info.decoded_vocab]
+    return xgr.TokenizerInfo(vocab, xgr.VocabType.RAW, vocab_size=info.vocab_size,
+                             stop_token_ids=info.stop_token_ids)

@@ -160,12 +160,18 @@ class TransformersBackend:
         if key not in self._grammars:
             import xgrammar as xgr
 
+            from ..structured import chars_per_token_of, json_tokenizer_info
+
             if self._compiler is None:
                 vocab = self.model.config.get_text_config().vocab_size
                 info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vocab, stop_token_ids=self.stop_ids)
-                self._compiler = xgr.GrammarCompiler(info)
-            schema = json.dumps(schema_for(kind, max_new_tokens))
-            self._grammars[key] = self._compiler.compile_json_schema(schema, any_whitespace=False, strict_mode=True)
+                self._compiler = xgr.GrammarCompiler(json_tokenizer_info(info))
+                self._chars_per_token = chars_per_token_of(self.tokenizer)
+            schema = json.dumps(schema_for(kind, max_new_tokens, self._chars_per_token))
+            # The trained layout: keys in schema order, ", " and ": ", no other whitespace.
+            self._grammars[key] = self._compiler.compile_json_schema(
+                schema, any_whitespace=False, separators=(", ", ": "), strict_mode=True
+            )
         return self._grammars[key]
 
     # -- generation -----------------------------------------------------------
