@@ -194,3 +194,29 @@ def test_report_warns_when_configs_are_mixed(manifest, script, tmp_path):
     assert proc.returncode == 0
     assert "mixes records of 2 configs" in proc.stderr
     assert run_cli("gate", mixed).returncode == 3  # the gate refuses such a file
+
+
+def test_lenient_answers_are_scored_through_judge_with_their_notes(photos, tmp_path):
+    """Answers the released scorer would read become ok records carrying the
+    answer's own scores and what was tolerated (no repair, nothing invented)."""
+    sc = ('<think>draft {"edit_region": [], "reasoning": "x", "score": [1, 1]}</think>\n'
+          '{"edit_region": [{"id": "0", "bbox_2d": [-12, 100, 1010, 50]}], '
+          '"reasoning": "line one\nline two", "score": ["20", 17.5]}')
+    pq = '```json\n{"reasoning": "tab\there", "score": [22.5, "19"]}\n```'
+    script = tmp_path / "lenient.json"
+    script.write_text(json.dumps({"answers": {"sc": sc, "pq": pq}}))
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        {"id": "a", "source": str(photos["coffee"]), "edited": str(photos["coffee_blur"]), "instruction": "Blur"}])
+    out = tmp_path / "s.jsonl"
+    proc = judge(manifest, script, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    record, = read_jsonl(out)
+    assert record["status"] == "ok" and record["repaired"] is False
+    assert record["scores"] == {"success": 20.0, "overediting": 17.5, "naturalness": 22.5, "artifacts": 19.0}
+    region, = record["regions"]
+    assert region["bbox_2d"] == [0, 50, 1000, 100] and region["label"] == ""
+    assert region.get("clipped") and region.get("reordered")
+    notes = record["parse_notes"]
+    assert any(n.startswith("sc: answer after </think> used") for n in notes)
+    assert any(n.startswith("sc:") and "string" in n for n in notes)
+    assert any(n.startswith("pq:") for n in notes)

@@ -102,7 +102,7 @@ class JudgeConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def judge_hash(self, *, dtype: str, prompts: str, model: str | None = None) -> str:
+    def judge_hash(self, *, dtype: str, prompts: str, model: str | None = None, grammar: int | None = None) -> str:
         """Fingerprint of what determines the raw scores. ``model`` is the
         backend's identity of the loaded weights (default: the configured name)."""
         payload = {
@@ -110,6 +110,7 @@ class JudgeConfig:
             "revision": self.revision,
             "dtype": dtype,
             "prompts": prompts,
+            "grammar": grammar,
             "generation": dataclasses.asdict(self.generation),
         }
         return _digest(payload)

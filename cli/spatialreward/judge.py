@@ -28,6 +28,7 @@ from .records import build_record
 from .requests import PQ, SC, Request, pq_request, sc_request
 from .sample import Sample
 from .scheduler import Scheduler
+from .structured import GRAMMAR_VERSION
 
 log = logging.getLogger("spatialreward")
 
@@ -90,7 +91,8 @@ class Judge:
         self.backend = backend
         self.config = config
         self.judge_hash = config.judge_hash(
-            dtype=backend.dtype, prompts=prompts_fingerprint(), model=getattr(backend, "fingerprint", None)
+            dtype=backend.dtype, prompts=prompts_fingerprint(), model=getattr(backend, "fingerprint", None),
+            grammar=GRAMMAR_VERSION,
         )
         self.config_hash = config_hash(self.judge_hash, config.aggregation)
         # An in-process model takes batches of --batch-size, one at a time; an
@@ -246,7 +248,7 @@ class _Job:
                 f"{first[0].message}; constrained repair failed: {answer.message}")
         else:
             try:
-                parsed = _parse(request.kind, answer, constrained=constrained)
+                parsed = _parse(request.kind, answer)
                 outcome = Judgment(parsed, answer.text, repaired=first is not None,
                                    failed_raw=first[1].text if first else None)
             except ParseError as exc:
@@ -278,7 +280,7 @@ class _Job:
         self.future.set_result(result)
 
 
-def _parse(kind: str, answer: Answer, *, constrained: bool) -> SCAnswer | PQAnswer:
+def _parse(kind: str, answer: Answer) -> SCAnswer | PQAnswer:
     try:
         return parse_sc(answer.text) if kind == SC else parse_pq(answer.text)
     except ParseError as exc:

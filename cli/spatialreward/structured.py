@@ -61,6 +61,9 @@ from dataclasses import dataclass
 
 from .constants import BBOX_RANGE, SCORE_RANGE
 
+# Bumped whenever the grammar changes what a constrained answer may hold: part
+# of the judge hash, so results of another grammar never resume into a run.
+GRAMMAR_VERSION = 2
 CHARS_PER_TOKEN = 3.0
 FRAME_TOKENS = 40
 REGION_TOKENS = 40
