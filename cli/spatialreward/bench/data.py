@@ -29,6 +29,8 @@ def require_datasets():
         import datasets
     except ImportError:
         raise BenchDataError(INSTALL_HINT) from None
+    datasets.disable_progress_bars()  # our own progress and messages only
+    datasets.logging.set_verbosity_error()
     return datasets
 
 

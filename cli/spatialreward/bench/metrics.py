@@ -175,6 +175,7 @@ class Tally:
         self.units += 1
         self.judged += 1
         for name, value in values.items():
+            self.defined[name] += 0  # known, even when never defined
             if value is None:
                 continue
             self.sums[name] += float(value)
