@@ -64,8 +64,13 @@ def metrics_of(folder: Path) -> dict:
     return metrics
 
 
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
 def test_mer_bench_from_disk_and_from_parquet(data, tmp_path):
     model = script(tmp_path)
+    before = {k: _files(data[k]) for k in ("mer_disk", "mer_parquet")}
     out = tmp_path / "disk"
     result = bench("mer-bench", "--data", data["mer_disk"], "-o", out, "--backend", "scripted", "--model", model)
     assert result.exit_code == 0, result.stderr
@@ -109,6 +114,8 @@ def test_mer_bench_from_disk_and_from_parquet(data, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert metrics_of(tmp_path / "pq") == metrics_of(out)
     assert result.stderr == ""  # -q: no messages
+    # the user's copies are read in place: no cache file or converted copy written into them
+    assert {k: _files(data[k]) for k in before} == before
 
 
 def test_split_and_limit(data, tmp_path):
