@@ -275,3 +275,26 @@ def test_tiny_model_end_to_end(data, tiny_model, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["overall"]["units"] == 1 and metrics["overall"]["judged"] == 1
     assert metrics["overall"]["exact_match"] == float(records[0]["reward"] > records[1]["reward"])
+
+
+def test_hub_id_without_the_hub_says_what_to_do(tmp_path):
+    result = bench("mer-bench", "-o", tmp_path / "o", "--backend", "scripted", "--model", script(tmp_path))
+    assert result.exit_code == 3
+    assert "cannot load hub dataset 'SpatialReward/MER-Bench'" in result.stderr
+    assert "pass the folder to --data" in result.stderr
+
+
+def test_parquet_layouts_as_downloaded(tmp_path):
+    from spatialreward.bench.data import _parquet_files
+
+    for name in ("data/2pair-00000-of-00002.parquet", "data/2pair-00001-of-00002.parquet",
+                 "data/3pair-00000-of-00001.parquet", "edit/test/0000.parquet", "edit/test/0001.parquet",
+                 "t2i/test/0000.parquet"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    files = _parquet_files(tmp_path / "data", None)
+    assert {k: len(v) for k, v in files.items()} == {"2pair": 2, "3pair": 1}
+    files = _parquet_files(tmp_path, "edit")  # a repository with several configs: this config's files only
+    assert files == {"test": [str(tmp_path / "edit/test/0000.parquet"), str(tmp_path / "edit/test/0001.parquet")]}
+    assert _parquet_files(tmp_path / "data/3pair-00000-of-00001.parquet", None) == {
+        "3pair": [str(tmp_path / "data/3pair-00000-of-00001.parquet")]}
