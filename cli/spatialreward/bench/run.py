@@ -173,9 +173,11 @@ def search_markdown(result: dict) -> str:
 
     rows = [[str(r["rank"]), r["setting"], fmt(r["value"])] for r in result["best"]]
     default = result["default"]
+    best = sum(1 for r in result["all"] if r["rank"] == 1)
     return "\n".join([
         f"## Aggregation search: {result['benchmark']} ({result['metric']}, {result['settings']} settings)", "",
         table(["rank", "aggregation", result["metric"]], rows), "",
+        f"best {result['metric']} {fmt(result['best'][0]['value'])}, reached by {best} of {result['settings']} settings",
         f"published default ({default['setting']}): rank {default['rank']} of {result['settings']} "
         f"({result['metric']} {fmt(default['value'])}; tied with {default['tied_with']} other settings)",
     ]) + "\n"
