@@ -49,6 +49,7 @@ def main() -> None:
 
 
 def _register() -> None:
+    from .bench import bench
     from .check import check
     from .gate import gate
     from .judge import judge
@@ -60,6 +61,7 @@ def _register() -> None:
     main.add_command(report)
     main.add_command(check)
     main.add_command(gate)
+    main.add_command(bench)
 
 
 _register()

@@ -7,6 +7,9 @@ answers from a script, chosen per request by, in order of precedence:
 
 - ``by_instruction``: ``{instruction: {"sc": TEXT}}`` for SC requests;
 - ``by_image``: ``{image_digest(edited): {"sc": TEXT, "pq": TEXT}}``;
+- ``scores_from_image``: ``true`` answers every request with valid JSON whose
+  scores (0..25) are derived from the edited image's digest: deterministic,
+  different images score differently (``hashed_scores``; for benchmark tests);
 - ``constrained``: ``{"sc": TEXT, "pq": TEXT}`` for grammar-constrained calls;
 - ``answers``: ``{"sc": TEXT, "pq": TEXT}``, the defaults.
 
@@ -43,6 +46,19 @@ def image_digest(image) -> str:
     return digest.hexdigest()[:16]
 
 
+def hashed_scores(image) -> tuple[int, int, int, int]:
+    """Four scores in 0..25 from the image's digest: (success, overediting, naturalness, artifacts)."""
+    digest = bytes.fromhex(image_digest(image))
+    return tuple(b % 26 for b in digest[:4])
+
+
+def hashed_answer(kind: str, image) -> str:
+    s1, s2, n, a = hashed_scores(image)
+    if kind == "sc":
+        return json.dumps({"edit_region": [], "reasoning": "scripted", "score": [s1, s2]})
+    return json.dumps({"reasoning": "scripted", "score": [n, a]})
+
+
 class ScriptedBackend:
     dtype = "none"
 
@@ -72,6 +88,8 @@ class ScriptedBackend:
         found = script.get("by_image", {}).get(image_digest(request.images[-1]), {}).get(request.kind)
         if found is not None:
             return found
+        if script.get("scores_from_image"):
+            return hashed_answer(request.kind, request.images[-1])
         if constrained and request.kind in script.get("constrained", {}):
             return script["constrained"][request.kind]
         return script["answers"][request.kind]

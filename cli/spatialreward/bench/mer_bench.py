@@ -1,0 +1,97 @@
+"""MER-Bench (MultiEditReward-Bench): ranked groups of 2-4 edits of one source.
+
+Hub ``SpatialReward/MER-Bench``, splits ``2pair``, ``3pair``, ``4pair``. Row:
+``pair_id``, ``label`` (category), ``instruction``, ``original_image``,
+``edited_images`` (best first: the expert ranking is the list order). Each
+candidate is judged, as a ranked group; metrics come from the overall reward.
+"""
+
+from __future__ import annotations
+
+from .common import Prepared, coverage_line, fmt, make_sample, store_path, table, unit_values
+from .data import image_list
+from .metrics import Tally, group_metrics
+
+NAME = "mer-bench"
+HUB_ID = "SpatialReward/MER-Bench"
+CONFIG = None
+SPLITS = ("2pair", "3pair", "4pair")
+PRIMARY = "exact_match"  # what --search ranks aggregations by
+METRICS = ("exact_match", "top1", "kendall_tau", "spearman_rho", "ndcg_published", "ndcg")
+
+
+def prepare(splits: dict, store, limit: int | None) -> Prepared:
+    samples, items = [], []
+    seen: set[str] = set()
+    for split, rows in splits.items():
+        for index, row in enumerate(rows):
+            if limit is not None and index >= limit:
+                break
+            origin = f"{split}[{index}]"
+            pair_id = row.get("pair_id")
+            group = f"{split}/{pair_id if pair_id is not None else index}"
+            if group in seen:  # a repeated pair_id: keep both rows, apart
+                group = f"{group}@{index}"
+            seen.add(group)
+            label = row.get("label")
+            source = store_path(store, row.get("original_image"))
+            edited = [store.path(v) if v is not None else None for v in image_list(row.get("edited_images"))]
+            meta = {"benchmark": NAME, "split": split, "pair_id": pair_id, "label": label,
+                    "category": label if isinstance(label, str) else None}
+            ids = []
+            for k, path in enumerate(edited):
+                sample = make_sample(f"{group}#{k}", source, path, row.get("instruction"), meta, origin,
+                                     group=group, group_size=len(edited), candidate=k)
+                samples.append(sample)
+                ids.append(sample.id)
+            item = {"group": group, "split": split, "label": label, "pair_id": pair_id, "ids": ids}
+            if not ids:
+                item["invalid"] = "no edited images"
+            items.append(item)
+    return Prepared(samples, items)
+
+
+def evaluate(items: list[dict], records: dict[str, dict]) -> dict:
+    overall, by_split, by_label = Tally(), {}, {}
+    for item in items:
+        tallies = (overall, by_split.setdefault(item["split"], Tally()),
+                   by_label.setdefault(str(item["label"]), Tally()))
+        if item.get("invalid"):
+            for tally in tallies:
+                tally.add_not_judged("invalid row")
+            continue
+        rewards, reason = unit_values(item["ids"], records, lambda r: r["reward"])
+        for tally in tallies:
+            if reason:
+                tally.add_not_judged(reason)
+            else:
+                tally.add(group_metrics(rewards))
+    return {
+        "overall": overall.result(PRIMARY),
+        "by_split": {k: v.result(PRIMARY) for k, v in sorted(by_split.items())},
+        "by_label": {k: v.result(PRIMARY) for k, v in sorted(by_label.items())},
+    }
+
+
+def primary(metrics: dict) -> float | None:
+    return metrics["overall"][PRIMARY]
+
+
+def markdown(metrics: dict, baselines: dict) -> str:
+    header = ["", "groups", "judged", "exact match", "top-1", "Kendall tau", "Spearman rho", "NDCG (published)", "NDCG"]
+
+    def row(name: str, block: dict) -> list[str]:
+        return [name, str(block["units"]), str(block["judged"])] + [fmt(block.get(m)) for m in METRICS]
+
+    rows = [row("**all**", metrics["overall"])]
+    rows += [row(f"split {k}", v) for k, v in metrics["by_split"].items()]
+    rows += [row(f"label {k}", v) for k, v in metrics["by_label"].items()]
+    notes = [
+        coverage_line(metrics["overall"]),
+        "exact match: the full ranking by reward equals the experts' (any tie is wrong); top-1: the experts' "
+        "best strictly first; NDCG (published): the formula of the published evaluation; NDCG: textbook, "
+        "linear gains, ties share their positions' discounts.",
+    ]
+    if metrics["overall"].get("exact_match_all") is not None and metrics["overall"]["not_judged"]:
+        notes.append(f"exact match counting the not-judged groups as wrong: {fmt(metrics['overall']['exact_match_all'])}")
+    return "\n".join(["## MER-Bench", "", table(header, rows), "", *notes]) + "\n"
