@@ -99,10 +99,13 @@ class Judge:
         device: str = "auto",
         dtype: str = "auto",
         backend: str = "transformers",
+        backend_options: dict | None = None,
         **overrides,
     ) -> "Judge":
         """Load the model. ``overrides`` are config keys, nested as in the YAML
-        (e.g. ``generation={"passes": 2, "temperature": 0.7}``, ``batch_size=8``)."""
+        (e.g. ``generation={"passes": 2, "temperature": 0.7}``, ``batch_size=8``);
+        ``backend_options`` go to the backend's ``load`` (e.g. ``{"base_urls":
+        ["http://gpu1:8000/v1"], "concurrency": 64}`` for ``backend="openai"``)."""
         if config is None:
             if model is not None:
                 overrides["model"] = model
@@ -110,7 +113,8 @@ class Judge:
         elif model is not None or overrides:
             config = with_overrides(config, {**overrides, **({"model": model} if model else {})})
         backend_obj = backend_class(backend).load(
-            config.model, revision=config.revision, device=device, dtype=dtype, generation=config.generation
+            config.model, revision=config.revision, device=device, dtype=dtype, generation=config.generation,
+            **(backend_options or {}),
         )
         return cls(backend_obj, config)
 
