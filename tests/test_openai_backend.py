@@ -22,7 +22,7 @@ from spatialreward.judge import Judge
 from spatialreward.pixels import resize_for_model
 from spatialreward.prompts import render_pq, render_sc
 from spatialreward.requests import pq_request, sc_request
-from spatialreward.structured import schema_for
+from spatialreward.structured import grammar_for, schema_for
 
 FAST = dict(backoff_s=0.02, max_backoff_s=0.1)
 
@@ -110,6 +110,19 @@ def test_sampling_sends_temperature_and_each_requests_seed(server, images):
     assert [(b["temperature"], b["top_p"], b["top_k"], b["seed"]) for b in bodies] == [(0.7, 0.8, 5, 7), (0.7, 0.8, 5, 8)]
 
 
+def test_the_grammar_sent_is_the_transformers_paths():
+    """No free whitespace, strict: what TransformersBackend compiles from the schema."""
+    import xgrammar as xgr
+
+    def ebnf(any_whitespace):
+        schema = json.dumps(schema_for("sc", 300))
+        return str(xgr.Grammar.from_json_schema(schema, any_whitespace=any_whitespace, strict_mode=True))
+
+    text = grammar_for("sc", 300)
+    assert text == ebnf(False) != ebnf(True)
+    assert grammar_for("pq", 300) != text
+
+
 @pytest.mark.parametrize("field", ["vllm", "response_format"])
 def test_constrained_requests_carry_the_schema(server, images, field):
     backend = load(server, structured_field=field)
@@ -119,7 +132,7 @@ def test_constrained_requests_carry_the_schema(server, images, field):
     sc_body, pq_body = sorted(server.chat_requests(), key=lambda b: len(b["messages"][0]["content"]), reverse=True)
     for body, kind in ((sc_body, "sc"), (pq_body, "pq")):
         if field == "vllm":
-            assert body["structured_outputs"] == {"json": schema_for(kind, 300), "disable_any_whitespace": True}
+            assert body["structured_outputs"] == {"grammar": grammar_for(kind, 300)}
             assert "response_format" not in body
         else:
             assert body["response_format"] == {"type": "json_schema", "json_schema": {

@@ -77,3 +77,13 @@ def image_tokens(width: int, height: int, *, factor: int = FACTOR) -> int:
     """Language-model tokens of an image already at a budget size (one per
     merged ``factor`` x ``factor`` patch)."""
     return (width // factor) * (height // factor)
+
+
+PROMPT_TOKENS = 700  # text tokens of an SC request besides its images (chat frame, prompt, instruction)
+
+
+def context_needed(generation) -> tuple[int, int]:
+    """(tokens an SC request may need in all, tokens of one image at most):
+    two images at ``max_pixels``, about PROMPT_TOKENS of text, ``max_new_tokens``."""
+    per_image = generation.max_pixels // (FACTOR * FACTOR)
+    return 2 * per_image + PROMPT_TOKENS + generation.max_new_tokens, per_image

@@ -11,6 +11,8 @@ Scores are integers 0..25 and boxes integers 0..1000 under the grammar.
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 
 from .constants import BBOX_RANGE, SCORE_RANGE
@@ -96,3 +98,16 @@ def pq_schema(bounds: Bounds) -> dict:
 def schema_for(kind: str, max_new_tokens: int) -> dict:
     bounds = bounds_for(max_new_tokens)
     return sc_schema(bounds) if kind == "sc" else pq_schema(bounds)
+
+
+@functools.lru_cache(maxsize=64)
+def grammar_for(kind: str, max_new_tokens: int) -> str:
+    """The EBNF grammar (xgrammar's) of ``schema_for(kind, max_new_tokens)``
+    with no free whitespace, strict: the grammar the transformers path compiles,
+    as text, for engines that take a grammar (vLLM's ``structured_outputs``).
+    Sending it, rather than the schema, keeps whitespace out whatever the
+    engine's own JSON-schema settings are."""
+    import xgrammar as xgr
+
+    schema = json.dumps(schema_for(kind, max_new_tokens))
+    return str(xgr.Grammar.from_json_schema(schema, any_whitespace=False, strict_mode=True))

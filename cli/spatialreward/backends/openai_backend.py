@@ -12,9 +12,13 @@ data URL, so the server's processor leaves it as it is. Decoding is explicit:
 ``temperature`` (0 = greedy, sent as such), ``top_p``, ``top_k``, ``max_tokens``
 and the request's own ``seed``; the stop tokens are the chat template's (the
 server's own); special tokens the model writes are kept in the text, as in the
-transformers path. Constrained requests carry the JSON schema of their kind:
-vLLM's ``structured_outputs`` (no free whitespace), or OpenAI's
-``response_format`` (``structured_field="response_format"``).
+transformers path. Constrained requests carry the grammar of their kind: by
+default vLLM's ``structured_outputs: {"grammar": EBNF}``, the very grammar the
+transformers path compiles from the JSON schema (no free whitespace, strict;
+vLLM ignores a request's own ``disable_any_whitespace``, so sending the schema
+would let whitespace fill the answer); or OpenAI's ``response_format`` with the
+JSON schema (``structured_field="response_format"``, for servers that take it;
+their whitespace rules are the server's).
 
 At load, one clear line (EngineError, exit 3) when: the API key variable is not
 set; a server cannot be reached; the model is not served (the line lists what
@@ -63,9 +67,9 @@ from PIL import Image
 from ..config import Generation
 from ..constants import DEFAULT_MODEL
 from ..errors import ConfigError, EngineError
-from ..pixels import image_tokens, resize_for_model, smart_resize
+from ..pixels import PROMPT_TOKENS, context_needed, image_tokens, resize_for_model, smart_resize
 from ..requests import Request
-from ..structured import schema_for
+from ..structured import grammar_for, schema_for
 from .base import Answer
 
 log = logging.getLogger("spatialreward")
@@ -73,7 +77,6 @@ log = logging.getLogger("spatialreward")
 DEFAULT_CONCURRENCY = 32
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
 STRUCTURED_FIELDS = ("vllm", "response_format")
-PROMPT_TOKENS = 700  # text tokens of an SC request besides its images (chat frame, prompt, instruction)
 STARTUP_TIMEOUT_S = 30.0  # /models and the probes at load: a live server answers them in well under that
 
 
@@ -327,10 +330,13 @@ class OpenAIBackend:
             "skip_special_tokens": False,
         }
         if constrained:
-            schema = schema_for(request.kind, generation.max_new_tokens)
             if self.structured_field == "vllm":
-                body["structured_outputs"] = {"json": schema, "disable_any_whitespace": True}
+                # The grammar itself: vLLM ignores a request's disable_any_whitespace (only its
+                # server-wide --structured-outputs-config counts), and free whitespace can
+                # fill max_new_tokens; the grammar is the transformers path's, exactly.
+                body["structured_outputs"] = {"grammar": grammar_for(request.kind, generation.max_new_tokens)}
             else:
+                schema = schema_for(request.kind, generation.max_new_tokens)
                 body["response_format"] = {"type": "json_schema", "json_schema": {
                     "name": f"spatialreward_{request.kind}", "schema": schema, "strict": True}}
         return body
@@ -467,14 +473,8 @@ def _choose_model(model: str, served_model: str | None, listed: dict[str, dict])
     return wanted
 
 
-def _needed_context(generation: Generation) -> tuple[int, int]:
-    """(tokens an SC request may need, image tokens per image at most)."""
-    per_image = generation.max_pixels // 1024
-    return 2 * per_image + PROMPT_TOKENS + generation.max_new_tokens, per_image
-
-
 def _check_context(urls: list[str], served: str, max_len: int, generation: Generation) -> None:
-    needed, per_image = _needed_context(generation)
+    needed, per_image = context_needed(generation)
     if max_len < needed:
         raise EngineError(
             f"{urls[0]} serves {served} with a max model length of {max_len} tokens, but an SC request needs up to "
@@ -493,7 +493,7 @@ def _probe_error(url: str, response, generation: Generation) -> EngineError:
         return EngineError(f"{url} takes {takes} per prompt, but SC requests send 2: restart the server with "
                            "--limit-mm-per-prompt '{\"image\": 2}' (vLLM)")
     if re.search(r"context length|max_model_len|maximum model length|too long", text, re.IGNORECASE):
-        needed, _ = _needed_context(generation)
+        needed, _ = context_needed(generation)
         return EngineError(f"{url}: the server's max model length is too small for the pixel budget ({text}): "
                            f"restart it with --max-model-len {needed} or more, or lower --max-pixels / --max-new-tokens")
     if response.status_code == 404:
