@@ -151,9 +151,14 @@ def load_judge(params: dict, config):
     if not params.get("quiet"):
         revision = f"@{config.revision}" if config.revision else ""
         click.echo(f"loading model {config.model}{revision} (backend {params['backend']}) ...", err=True)
+    import os
+
     import transformers
 
     from ..judge import Judge
+
+    # vLLM (--backend vllm) logs every engine step at INFO: only its warnings, unless asked.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
