@@ -51,7 +51,8 @@ def python_of(venv: Path) -> Path:
 
 
 def _run(venv: Path, code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python_of(venv)), "-c", code], capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}  # the venv's own packages
+    return subprocess.run([str(python_of(venv)), "-c", code], capture_output=True, text=True, env=env)
 
 
 def _site_packages(venv: Path) -> Path:
