@@ -223,3 +223,16 @@ def test_judge_with_vllm_in_process(vllm_python, engine_model, manifest, transfo
     assert [r["status"] for r in records] == ["ok", "ok", "ok"], [r.get("error") for r in records]
     assert [r["raw"] for r in records] == [r["raw"] for r in transformers_records]
     assert {r["judge_hash"] for r in records}.isdisjoint({r["judge_hash"] for r in transformers_records})
+
+
+def test_vllm_backend_without_vllm_says_how_to_install(tmp_path, photos):
+    """Where vLLM is not installed (the test venv): one line, exit 3."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"id": "a", "source": str(photos["coffee"]),
+                                                    "edited": str(photos["coffee_blur"]), "instruction": "Blur it"}])
+    proc = run_cli("judge", manifest, "--backend", "vllm", "-q")
+    assert proc.returncode == 3
+    assert proc.stderr.count("\n") == 1 and "pip install 'spatialreward[vllm]'" in proc.stderr, proc.stderr

@@ -204,7 +204,8 @@ def test_least_outstanding_requests_balance(two_servers, images):
     request = pq_request(Image.new("RGB", (64, 64)))
     backend.generate([request] * 40, Generation(), constrained=False)
     served = [len(f.chat_requests()) for f in two_servers]
-    assert sum(served) == 40 and served[1] >= 4 * served[0], served
+    # round-robin would give 20 and 20; least outstanding measured 5-6 and 34-35
+    assert sum(served) == 40 and served[1] >= 3 * served[0], served
     assert slow.max_in_flight <= 4 and fast.max_in_flight <= 4
 
 
