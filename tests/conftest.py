@@ -109,3 +109,37 @@ def run_cli(*args, input: str | None = None, cwd=None, timeout: int = 600, env: 
 
 # Generation flags that keep the tiny model fast on a CPU.
 FAST = ["--max-new-tokens", "160", "--device", "cpu"]
+
+
+# -- engines: a real vLLM OpenAI server on the CPU (tests/vllm_env.py) --------
+
+
+@pytest.fixture(scope="session")
+def engine_model(tmp_path_factory) -> Path:
+    """The tiny random Qwen3-VL with head_dim 64, which vLLM's CPU attention takes."""
+    from spatialreward.testing.random_model import build
+
+    return build(tmp_path_factory.mktemp("engine-qwen3-vl"), preset="engine")
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> Path:
+    """The CPU vLLM venv's python (skipped without it; CI fails instead)."""
+    from vllm_env import vllm_python as find
+
+    return find()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_python, engine_model, tmp_path_factory):
+    """One vLLM OpenAI server for the session, on a free 127.0.0.1 port, with
+    the published pixel budget; stopped at the end."""
+    from vllm_env import start_server, stop_server
+
+    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    try:
+        server = start_server(vllm_python, engine_model, log)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield server
+    stop_server(server)

@@ -32,6 +32,12 @@ class ModelNotFoundError(SpatialRewardError):
     """The model is neither in the local cache nor reachable."""
 
 
+class EngineError(SpatialRewardError):
+    """The inference engine cannot serve the judge as configured (server
+    unreachable, model not served, too small a context or image limit, missing
+    API key, engine not installed)."""
+
+
 class OutputConflictError(SpatialRewardError):
     """The output file holds records that cannot be resumed under this config,
     or another run is writing it."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Sequence
 
 from .aggregate import DIMENSIONS, Reward, Scores, aggregate
-from .backends import Answer, backend_class
+from .backends import Answer, backend_class, batch_limit, concurrency_of
 from .config import JudgeConfig, config_hash, load_config, with_overrides
 from .errors import InputError, ModelError, ParseError, SampleError
 from .images import load_image
@@ -97,8 +97,8 @@ class Judge:
         self.config_hash = config_hash(self.judge_hash, config.aggregation)
         # An in-process model takes batches of --batch-size, one at a time; an
         # engine says what it takes (openai: one request per call, many calls).
-        self.max_batch = getattr(backend, "max_batch", None) or config.batch_size
-        self.concurrency = getattr(backend, "concurrency", None) or 1
+        self.max_batch = batch_limit(backend, config.batch_size)
+        self.concurrency = concurrency_of(backend)
         self._scheduler: Scheduler | None = None
         self._lock = threading.Lock()
         # Images decode in the background while the model works (Pillow releases the GIL).
@@ -114,10 +114,13 @@ class Judge:
         device: str = "auto",
         dtype: str = "auto",
         backend: str = "transformers",
+        backend_options: dict | None = None,
         **overrides,
     ) -> "Judge":
         """Load the model. ``overrides`` are config keys, nested as in the YAML
-        (e.g. ``generation={"passes": 2, "temperature": 0.7}``, ``batch_size=8``)."""
+        (e.g. ``generation={"passes": 2, "temperature": 0.7}``, ``batch_size=8``);
+        ``backend_options`` go to the backend's ``load`` (e.g. ``{"base_urls":
+        ["http://gpu1:8000/v1"], "concurrency": 64}`` for ``backend="openai"``)."""
         if config is None:
             if model is not None:
                 overrides["model"] = model
@@ -125,7 +128,8 @@ class Judge:
         elif model is not None or overrides:
             config = with_overrides(config, {**overrides, **({"model": model} if model else {})})
         backend_obj = backend_class(backend).load(
-            config.model, revision=config.revision, device=device, dtype=dtype, generation=config.generation
+            config.model, revision=config.revision, device=device, dtype=dtype, generation=config.generation,
+            **(backend_options or {}),
         )
         return cls(backend_obj, config)
 

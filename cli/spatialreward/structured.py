@@ -56,6 +56,8 @@ benchmarks/grammar_compile.py and benchmarks/README.md.)
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from dataclasses import dataclass
 
@@ -171,3 +173,17 @@ def json_tokenizer_info(info):
     vocab = [b"" if _CONTROL.search(token) else token for token in info.decoded_vocab]
     return xgr.TokenizerInfo(vocab, xgr.VocabType.RAW, vocab_size=info.vocab_size,
                              stop_token_ids=info.stop_token_ids)
+
+
+@functools.lru_cache(maxsize=64)
+def grammar_for(kind: str, max_new_tokens: int) -> str:
+    """The EBNF grammar (xgrammar's) of ``schema_for(kind, max_new_tokens)``
+    with no free whitespace, strict: the grammar the transformers path compiles,
+    as text, for engines that take a grammar (vLLM's ``structured_outputs``).
+    Sending it, rather than the schema, keeps whitespace out whatever the
+    engine's own JSON-schema settings are."""
+    import xgrammar as xgr
+
+    schema = json.dumps(schema_for(kind, max_new_tokens))
+    return str(xgr.Grammar.from_json_schema(schema, any_whitespace=False, strict_mode=True,
+                                            separators=(", ", ": ")))

@@ -1,8 +1,10 @@
 """Model backends: turn chat requests into answer texts.
 
-A backend implements ``Backend`` (see ``base.py``). The in-process Hugging Face
-transformers backend is the default; others register under the
-``spatialreward.backends`` entry-point group and are chosen with ``--backend``.
+A backend implements ``Backend`` (see ``base.py``). Built in: ``transformers``
+(in process, the default), ``openai`` (any OpenAI-compatible chat server: vLLM,
+SGLang, LMDeploy) and ``vllm`` (vLLM in process, ``pip install
+'spatialreward[vllm]'``). Others register under the ``spatialreward.backends``
+entry-point group; all are chosen with ``--backend``.
 """
 
 from __future__ import annotations
@@ -10,9 +12,13 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from ..errors import ConfigError
-from .base import Answer, Backend
+from .base import Answer, Backend, batch_limit, concurrency_of
 
-BUILTIN = {"transformers": "spatialreward.backends.transformers_backend:TransformersBackend"}
+BUILTIN = {
+    "transformers": "spatialreward.backends.transformers_backend:TransformersBackend",
+    "openai": "spatialreward.backends.openai_backend:OpenAIBackend",
+    "vllm": "spatialreward.backends.vllm_backend:VLLMBackend",
+}
 
 
 def backend_class(name: str):
@@ -30,4 +36,4 @@ def backend_class(name: str):
     return getattr(import_module(module), attr)
 
 
-__all__ = ["Answer", "Backend", "backend_class"]
+__all__ = ["Answer", "Backend", "backend_class", "batch_limit", "concurrency_of"]

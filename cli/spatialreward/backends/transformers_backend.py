@@ -115,6 +115,9 @@ def _not_found(model: str, revision: str | None, cause: Exception | str) -> Mode
 class TransformersBackend:
     """Qwen3-VL through ``AutoModelForImageTextToText.generate``, batched with left padding."""
 
+    max_batch: int | None = None  # the judge's --batch-size
+    concurrency = 1  # one generate() at a time: the model is not shared between threads
+
     def __init__(self, model, processor, *, model_id: str, device: str, dtype: str, fingerprint: str | None = None):
         self.model = model
         self.processor = processor

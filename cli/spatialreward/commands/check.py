@@ -13,7 +13,9 @@ from ..explain import verdict_lines
 from .options import (
     aggregation_options,
     config_option,
+    backend_options,
     config_overrides,
+    engine_options,
     generation_options,
     load_judge,
     model_options,
@@ -32,7 +34,9 @@ from .options import (
 @model_options
 @generation_options
 @aggregation_options
-@click.option("--backend", default="transformers", show_default=True, help="Model backend.")
+@click.option("--backend", default="transformers", show_default=True,
+              help="Model backend: transformers, openai (a server), vllm (in process), or a plugin.")
+@engine_options
 @pass_params
 def check(params: dict) -> None:
     """Judge one edit: SOURCE and EDITED images, and the INSTRUCTION.
@@ -43,6 +47,7 @@ def check(params: dict) -> None:
     \b
     spatialreward check cat.png cat_no_dog.png "Remove the dog" --overlay verdict.png
     """
+    backend_options(params)  # a flag of another backend: usage error before any work
     config = load_config(params["config_file"], config_overrides(params))
     _check_inputs(params)  # before the model loads: a typo must not cost a model load
     engine = load_judge(params, config)

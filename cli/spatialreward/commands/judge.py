@@ -14,7 +14,9 @@ from ..summary import render_table
 from .options import (
     aggregation_options,
     config_option,
+    backend_options,
     config_overrides,
+    engine_options,
     generation_options,
     load_judge,
     model_options,
@@ -40,7 +42,9 @@ EXIT_INTERRUPTED = 130
 @model_options
 @generation_options
 @aggregation_options
-@click.option("--backend", default="transformers", show_default=True, help="Model backend.")
+@click.option("--backend", default="transformers", show_default=True,
+              help="Model backend: transformers, openai (a server), vllm (in process), or a plugin.")
+@engine_options
 @quiet_option
 @pass_params
 def judge(params: dict) -> None:
@@ -54,6 +58,7 @@ def judge(params: dict) -> None:
     """
     from ..runner import run
 
+    backend_options(params)  # a flag of another backend: usage error before any work
     config = load_config(params["config_file"], config_overrides(params))
     output = Path(params["output"]) if params["output"] else None
     if output is not None:

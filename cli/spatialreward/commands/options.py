@@ -63,6 +63,57 @@ generation_options = _compose(
     click.option("--min-pixels", type=click.IntRange(min=1), default=None, help="[default 3136]"),
 )
 
+# Engine flags: (parameter, flag, backend option, backends it applies to).
+ENGINE_FLAGS = (
+    ("base_urls", "--base-url", "base_urls", ("openai",)),
+    ("api_key_env", "--api-key-env", "api_key_env", ("openai",)),
+    ("concurrency", "--concurrency", "concurrency", ("openai",)),
+    ("request_timeout", "--request-timeout", "request_timeout", ("openai",)),
+    ("served_model", "--served-model", "served_model", ("openai",)),
+    ("structured_field", "--structured-field", "structured_field", ("openai",)),
+    ("tensor_parallel_size", "--tensor-parallel-size", "tensor_parallel_size", ("vllm",)),
+    ("gpu_memory_utilization", "--gpu-memory-utilization", "gpu_memory_utilization", ("vllm",)),
+    ("max_model_len", "--max-model-len", "max_model_len", ("vllm",)),
+)
+
+engine_options = _compose(
+    click.option("--base-url", "base_urls", multiple=True, metavar="URL",
+                 help="--backend openai: an OpenAI-compatible server, e.g. http://gpu1:8000/v1 (repeat for several)."),
+    click.option("--api-key-env", metavar="VAR", default=None,
+                 help="--backend openai: environment variable holding the server's API key."),
+    click.option("--concurrency", type=click.IntRange(min=1), default=None,
+                 help="--backend openai: requests in flight [default 32]."),
+    click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+                 help="--backend openai: seconds one request may take [default 300]."),
+    click.option("--served-model", metavar="NAME", default=None,
+                 help="--backend openai: model name to request [default: --model if served, else the one served]."),
+    click.option("--structured-field", type=click.Choice(["vllm", "response_format"]), default=None,
+                 help="--backend openai: how constrained requests carry their schema [default vllm]."),
+    click.option("--tensor-parallel-size", type=click.IntRange(min=1), default=None,
+                 help="--backend vllm: GPUs per model [default 1]."),
+    click.option("--gpu-memory-utilization", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+                 help="--backend vllm: share of GPU memory vLLM may take [default 0.9]."),
+    click.option("--max-model-len", type=click.IntRange(min=1), default=None,
+                 help="--backend vllm: context length [default: what the budget needs]."),
+)
+
+
+def backend_options(params: dict) -> dict:
+    """The engine flags that were given, as backend load() options; a flag
+    that does not apply to the chosen backend is a usage error (exit 2)."""
+    backend = params.get("backend")
+    options = {}
+    for param, flag, key, backends in ENGINE_FLAGS:
+        value = params.get(param)
+        if value is None or value == ():
+            continue
+        if backend not in backends:
+            only = " or ".join(f"--backend {b}" for b in backends)
+            raise click.UsageError(f"{flag} does not apply to --backend {backend} (only to {only})")
+        options[key] = list(value) if isinstance(value, tuple) else value
+    return options
+
+
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print less: no progress bar, no summary table.")
 
 
@@ -100,11 +151,16 @@ def load_judge(params: dict, config):
     if not params.get("quiet"):
         revision = f"@{config.revision}" if config.revision else ""
         click.echo(f"loading model {config.model}{revision} (backend {params['backend']}) ...", err=True)
+    import os
+
     import transformers
 
     from ..judge import Judge
 
+    # vLLM (--backend vllm) logs every engine step at INFO: only its warnings, unless asked.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     return Judge.from_pretrained(config=config, device=params["device"], dtype=params["dtype"],
-                                 backend=params["backend"])
+                                 backend=params["backend"], backend_options=backend_options(params))

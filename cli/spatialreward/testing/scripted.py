@@ -61,6 +61,8 @@ def hashed_answer(kind: str, image) -> str:
 
 class ScriptedBackend:
     dtype = "none"
+    max_batch: int | None = None  # the judge's --batch-size
+    concurrency = 1
 
     def __init__(self, script: dict | None = None, *, model_id: str = "scripted"):
         self.script = {"answers": {"sc": SC_OK, "pq": PQ_OK}, **(script or {})}

