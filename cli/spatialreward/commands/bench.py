@@ -12,6 +12,7 @@ from .options import (
     aggregation_options,
     config_option,
     config_overrides,
+    engine_options,
     generation_options,
     load_judge,
     model_options,
@@ -44,7 +45,9 @@ NAMES = ("mer-bench", "editreward-bench", "mmrb2-edit")
 @model_options
 @generation_options
 @aggregation_options
-@click.option("--backend", default="transformers", show_default=True, help="Model backend.")
+@click.option("--backend", default="transformers", show_default=True,
+              help="Model backend: transformers, openai (a server), vllm (in process), or a plugin.")
+@engine_options
 @quiet_option
 @pass_params
 def bench(params: dict) -> None:
