@@ -27,7 +27,7 @@ from .prompts import prompts_fingerprint
 from .records import build_record
 from .requests import PQ, SC, Request, pq_request, sc_request
 from .sample import Sample
-from .scheduler import Scheduler
+from .scheduler import QueueFull, Scheduler
 from .structured import GRAMMAR_VERSION
 
 log = logging.getLogger("spatialreward")
@@ -99,6 +99,7 @@ class Judge:
         # engine says what it takes (openai: one request per call, many calls).
         self.max_batch = getattr(backend, "max_batch", None) or config.batch_size
         self.concurrency = getattr(backend, "concurrency", None) or 1
+        self.max_queue: int | None = None  # bound on the scheduler's queue (requests); set before first use
         self._scheduler: Scheduler | None = None
         self._lock = threading.Lock()
         # Images decode in the background while the model works (Pillow releases the GIL).
@@ -176,7 +177,7 @@ class Judge:
         with self._lock:
             if self._scheduler is None:
                 self._scheduler = Scheduler(self.backend, self.config.generation, max_batch=self.max_batch,
-                                            concurrency=self.concurrency)
+                                            concurrency=self.concurrency, max_queue=self.max_queue)
             return self._scheduler
 
     @property
@@ -238,7 +239,11 @@ class _Job:
 
     def send(self, request: Request, pass_index: int, *, constrained: bool, first=None) -> None:
         """``first``: (the ParseError, the failed Answer) when this is the repair."""
-        future = self.judge.scheduler.submit(request, constrained=constrained)
+        try:
+            future = self.judge.scheduler.submit(request, constrained=constrained)
+        except (QueueFull, RuntimeError) as exc:  # a full or closed queue fails this request, never hangs it
+            future = Future()
+            future.set_result(ModelError(f"{request.kind.upper()} not queued: {exc}"))
         future.add_done_callback(lambda f: self.answered(request, pass_index, f.result(), constrained, first))
 
     def answered(self, request: Request, pass_index: int, answer, constrained: bool, first) -> None:

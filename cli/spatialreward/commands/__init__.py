@@ -54,12 +54,14 @@ def _register() -> None:
     from .judge import judge
     from .report import report
     from .rescore import rescore
+    from .serve import serve
 
     main.add_command(judge)
     main.add_command(rescore)
     main.add_command(report)
     main.add_command(check)
     main.add_command(gate)
+    main.add_command(serve)
 
 
 _register()

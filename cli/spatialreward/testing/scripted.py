@@ -7,6 +7,10 @@ answers from a script, chosen per request by, in order of precedence:
 
 - ``by_instruction``: ``{instruction: {"sc": TEXT}}`` for SC requests;
 - ``by_image``: ``{image_digest(edited): {"sc": TEXT, "pq": TEXT}}``;
+- ``echo``: ``true`` makes answers encode the item (for ordering tests): SC
+  success = the instruction's last whole number modulo 26 (``"item 123"`` ->
+  19; an instruction without one: a digest of its text), overediting 20; PQ
+  naturalness = ``echo_pq(edited image)`` (from its pixel digest), artifacts 20;
 - ``constrained``: ``{"sc": TEXT, "pq": TEXT}`` for grammar-constrained calls;
 - ``answers``: ``{"sc": TEXT, "pq": TEXT}``, the defaults.
 
@@ -34,6 +38,21 @@ from ..backends.base import Answer
 SC_OK = ('{"edit_region": [{"id": 0, "label": "red square", "bbox_2d": [100, 200, 300, 400]}], '
          '"reasoning": "<|bbox_0|> A red square was added. <|global|> Clean.", "score": [20, 18]}')
 PQ_OK = '{"reasoning": "Looks natural.", "score": [22, 21]}'
+
+
+def echo_sc(instruction: str) -> int:
+    """The success score the echo mode gives an instruction."""
+    import re
+
+    numbers = re.findall(r"\d+", instruction)
+    if numbers:
+        return int(numbers[-1]) % 26
+    return int(hashlib.sha1(instruction.encode()).hexdigest()[:8], 16) % 26
+
+
+def echo_pq(image) -> int:
+    """The naturalness score the echo mode gives an edited image."""
+    return int(image_digest(image)[:8], 16) % 26
 
 
 def image_digest(image) -> str:
@@ -72,6 +91,11 @@ class ScriptedBackend:
         found = script.get("by_image", {}).get(image_digest(request.images[-1]), {}).get(request.kind)
         if found is not None:
             return found
+        if script.get("echo"):
+            if request.kind == "sc":
+                return ('{"edit_region": [], "reasoning": "echo", "score": [%d, 20]}'
+                        % echo_sc(request.prompt.rsplit("Editing instruction: ", 1)[-1].removesuffix("\n")))
+            return '{"reasoning": "echo", "score": [%d, 20]}' % echo_pq(request.images[-1])
         if constrained and request.kind in script.get("constrained", {}):
             return script["constrained"][request.kind]
         return script["answers"][request.kind]
