@@ -108,6 +108,11 @@ def serve(params: dict) -> None:
         def handle_exit(self, sig, frame):
             service.draining = True  # /ready says so at once; uvicorn finishes what is in flight
             super().handle_exit(sig, frame)
+            # uvicorn re-raises a captured signal after its graceful shutdown (the
+            # process then dies of it); a drained shutdown is a success: exit 0.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
 
     server = Server(uvicorn.Config(app, host=params["host"], port=params["port"], log_level="warning",
                                    access_log=False, lifespan="on"))
