@@ -171,6 +171,23 @@ class Judge:
             self._loader.submit(job.load)
         return job.future
 
+    def submit_many(self, samples: Sequence[Sample]) -> "list[Future[JudgeResult]]":
+        """``submit`` for several samples whose requests must reach the scheduler in
+        this order (the reward server keeps items that share a source image and an
+        instruction adjacent, for engine prefix caching): one background task loads
+        them one after another and queues each one's requests as soon as it is loaded."""
+        jobs = [_Job(self, sample) for sample in samples]
+
+        def load_in_order() -> None:
+            for job in jobs:
+                if job.result.sample.error is not None:
+                    job.finish()
+                else:
+                    job.load()
+
+        self._loader.submit(load_in_order)
+        return [job.future for job in jobs]
+
     @property
     def scheduler(self) -> Scheduler:
         """The one queue in front of the backend, shared by every caller of this judge."""

@@ -181,11 +181,11 @@ class RewardService:
             raise TooManyItems(f"{len(items)} items in one request; the limit is --max-items {self.limits.max_items}")
         samples = [self.sample(item, i) for i, item in enumerate(items)]
         self._admit(len(samples))
+        order = submission_order(items)
+        started = time.perf_counter()
         futures: list = [None] * len(samples)
-        for index in submission_order(items):
-            started = time.perf_counter()
-            future = self.judge.submit(samples[index])
-            future.add_done_callback(lambda f, t=started: self._finished(f, t))
+        for index, future in zip(order, self.judge.submit_many([samples[i] for i in order])):
+            future.add_done_callback(lambda f: self._finished(f, started))
             futures[index] = future
         # A client that goes away cancels only its wait: the judge's futures run to the
         # end (and release their queue places), so nothing is lost or left hanging.
