@@ -17,7 +17,9 @@ answers from a script, chosen per request by, in order of precedence:
 A text ``"!raise MESSAGE"`` makes ``generate()`` raise for that request's
 batch. ``"delay_s": SECONDS`` makes each ``generate()`` call sleep that long
 first, as a slow model would (for tests of progress and interruption; it does
-not change the answers, so it is not part of the fingerprint). From the CLI it
+not change the answers, so it is not part of the fingerprint); ``"record":
+false`` keeps no ``calls`` (for load tests and benchmarks, whose memory would
+otherwise grow with every request). From the CLI it
 is ``--backend scripted --model SCRIPT.json`` (an entry point of the
 ``spatialreward.backends`` group).
 """
@@ -69,6 +71,8 @@ class ScriptedBackend:
         self.script = {"answers": {"sc": SC_OK, "pq": PQ_OK}, **(script or {})}
         self.model_id = model_id
         self.delay_s = float(self.script.pop("delay_s", 0) or 0)
+        # "record": false keeps no calls (long runs: load tests, benchmarks); answers unchanged.
+        self.record = bool(self.script.pop("record", True))
         self.fingerprint = "scripted:" + hashlib.sha256(
             json.dumps(self.script, sort_keys=True).encode()).hexdigest()[:16]
         self.calls: list[dict] = []  # one per generate(): {"requests", "constrained", "generation"}
@@ -101,7 +105,8 @@ class ScriptedBackend:
         return script["answers"][request.kind]
 
     def generate(self, requests: Sequence[Request], generation: Generation, *, constrained: bool) -> list[Answer]:
-        self.calls.append({"requests": list(requests), "constrained": constrained, "generation": generation})
+        if self.record:
+            self.calls.append({"requests": list(requests), "constrained": constrained, "generation": generation})
         if self.delay_s > 0:
             time.sleep(self.delay_s)
         texts = [self.text_for(r, constrained) for r in requests]
