@@ -85,7 +85,8 @@ def start_server(script: Path, batch_size: int, max_queue: int, max_items: int) 
     raise SystemExit("the server did not come up")
 
 
-def load(url: str, clients: int, requests: int, items_per_request: int, images: list[bytes], token: str | None):
+def load(url: str, clients: int, requests: int, items_per_request: int, images: list[bytes], token: str | None,
+         pid: int | None = None):
     from spatialreward.client import RewardClient
 
     latencies: list[float] = []
@@ -94,6 +95,8 @@ def load(url: str, clients: int, requests: int, items_per_request: int, images: 
     counter = iter(range(requests))
     counter_lock = threading.Lock()
     source = images[0]
+    trace: list[float] = []  # server RSS (MiB) after each tenth of the requests
+    marks = {max(1, requests * t // 10) for t in range(1, 11)}
 
     def worker(_: int) -> None:
         with RewardClient(url, token=token, max_retries=5, backoff_s=0.05, chunk_size=items_per_request) as client:
@@ -115,12 +118,14 @@ def load(url: str, clients: int, requests: int, items_per_request: int, images: 
                 with lock:
                     latencies.append(time.perf_counter() - started)
                     errors["items"] += bad
+                    if pid is not None and len(latencies) in marks:
+                        trace.append(round(rss_mb(pid), 1))
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(worker, range(clients)))
     wall = time.perf_counter() - started
-    return wall, latencies, errors
+    return wall, latencies, errors, trace
 
 
 def judge_rate(script: dict, batch_size: int, count: int, images: list[bytes]) -> float:
@@ -168,9 +173,10 @@ def main() -> None:
         proc, url = start_server(script_file, args.batch_size, max_queue=max(1024, args.clients * args.items * 2),
                                  max_items=max(256, args.items))
     rss_start = rss_mb(proc.pid) if proc else None
-    load(url, min(args.clients, 4), max(args.clients, 4), args.items, images, args.token)  # warm-up
+    load(url, args.clients, args.clients * 4, args.items, images, args.token)  # warm-up: every client, 4 requests
     rss_warm = rss_mb(proc.pid) if proc else None
-    wall, latencies, errors = load(url, args.clients, args.requests, args.items, images, args.token)
+    wall, latencies, errors, trace = load(url, args.clients, args.requests, args.items, images, args.token,
+                                         pid=proc.pid if proc else None)
     rss_end = rss_mb(proc.pid) if proc else None
     if proc:
         proc.send_signal(signal.SIGTERM)
@@ -184,7 +190,8 @@ def main() -> None:
         "latency_p99_s": round(percentile(latencies, 0.99), 4),
         "failed_requests": errors["requests"], "failed_items": errors["items"],
         "server_rss_mb_start": rss_start and round(rss_start, 1), "server_rss_mb_after_warmup": rss_warm and round(rss_warm, 1),
-        "server_rss_mb_end": rss_end and round(rss_end, 1), "server_exit": proc.returncode if proc else None,
+        "server_rss_mb_end": rss_end and round(rss_end, 1), "server_rss_mb_trace": trace,
+        "server_exit": proc.returncode if proc else None,
     }
     if not args.no_judge and (proc or args.script):
         rate = judge_rate(script, args.batch_size, min(items, 4000), images)
