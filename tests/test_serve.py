@@ -57,6 +57,13 @@ def test_released_evaluate_call_shape(echo_server, tmp_path):
     assert RewardClient(echo_server.url).evaluate([], [], []) == ([], [], [], [])
 
 
+def bomb_png() -> bytes:
+    """A small PNG file of 20000 x 20000 pixels: refused from its header, never decoded."""
+    from PIL import Image
+
+    return png_bytes(Image.new("1", (20000, 20000)))
+
+
 def test_typed_results_and_a_bad_image_fails_only_its_item(echo_server):
     good = png_bytes(item_image(3))
     items = [
@@ -65,12 +72,14 @@ def test_typed_results_and_a_bad_image_fails_only_its_item(echo_server):
         {"id": "gif", "source": good, "edited": b"GIF89a" + b"\0" * 20, "instruction": "item 3"},
         {"id": "truncated", "source": good, "edited": png_bytes(item_image(4))[:60], "instruction": "item 4"},
         {"id": "ok-5", "source": good, "edited": item_image(5), "instruction": "item 5"},
+        {"id": "bomb", "source": good, "edited": bomb_png(), "instruction": "item 6"},
     ]
     with RewardClient(echo_server.url) as client:
         results = client.score(items, want=("regions", "reasoning", "raw"))
     assert [r.id for r in results] == [i["id"] for i in items]
     assert all(isinstance(r, RewardResult) for r in results)
-    assert [r.status for r in results] == ["ok", "error", "error", "error", "ok"]
+    assert [r.status for r in results] == ["ok", "error", "error", "error", "ok", "error"]
+    assert "decompression bomb" in results[5].error["message"]
     for r in results[1:4]:
         assert r.reward is None and r.score is None and r.error["stage"] == "input", r
     assert "PNG, JPEG or WebP" in results[2].error["message"]
@@ -121,6 +130,14 @@ def test_422_unknown_fields_and_bad_types(echo_server):
     answer = httpx.post(echo_server.url + "/v1/rewards", content=b"{not json",
                         headers={"content-type": "application/json"})
     assert answer.status_code == 422
+
+
+def test_411_without_content_length(echo_server):
+    def chunks():
+        yield b'{"items": []}'
+
+    answer = httpx.post(echo_server.url + "/v1/rewards", content=chunks(), headers={"content-type": "application/json"})
+    assert answer.status_code == 411
 
 
 def test_pickle_is_refused(echo_server):
