@@ -115,7 +115,8 @@ def test_info_ready_metrics(echo_server):
     assert httpx.get(echo_server.url + "/ping").json() == {"status": "ok"}
     text = httpx.get(echo_server.url + "/metrics").text
     for name in ("spatialreward_requests_total", "spatialreward_items_total", "spatialreward_queue_depth",
-                 "spatialreward_in_flight_requests", "spatialreward_request_seconds_bucket"):
+                 "spatialreward_in_flight_requests", "spatialreward_request_seconds_bucket",
+                 "spatialreward_generated_tokens_total"):
         assert name in text
 
 
@@ -203,6 +204,42 @@ def test_503_when_the_queue_is_full(small_server):
             ThreadPoolExecutor(2) as pool:
         runs = [pool.submit(client.score, items) for _ in range(2)]
         assert all(r.ok for run in runs for r in run.result())
+
+
+def test_a_client_that_gives_up_does_not_leak_queue_places(small_server):
+    with RewardClient(small_server.url, token="s3cret-token", timeout=0.2, max_retries=0) as client:
+        with pytest.raises(RewardError, match="failed after 1 tries"):
+            client.score([(item_image(9), item_image(k), f"item {k}") for k in range(4)])
+    deadline = time.monotonic() + 10  # its items finish in the background and give their places back
+    while "spatialreward_pending_items 0" not in httpx.get(small_server.url + "/metrics", headers=AUTH).text:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    with RewardClient(small_server.url, token="s3cret-token", max_retries=0) as client:
+        assert all(r.ok for r in client.score([(item_image(9), item_image(k), f"item {k}") for k in range(4)]))
+
+
+def test_client_retries_are_bounded():
+    from serve_helpers import free_port
+
+    started = time.monotonic()
+    with RewardClient(f"http://127.0.0.1:{free_port()}", max_retries=2, backoff_s=0.01) as client:
+        with pytest.raises(RewardError, match="after 3 tries"):
+            client.score([(item_image(1), item_image(2), "item 2")])
+    assert time.monotonic() - started < 5
+
+
+def test_without_the_serve_extra_one_line_and_exit_3(monkeypatch):
+    import sys
+
+    from click.testing import CliRunner
+
+    from spatialreward.commands import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    result = CliRunner().invoke(main, ["serve", "--backend", "scripted", "--model", "x.json"])
+    assert result.exit_code == 3
+    assert result.output.strip().splitlines() == [
+        'Error: spatialreward serve needs FastAPI and uvicorn (uvicorn is missing): pip install "spatialreward[serve]"']
 
 
 def test_non_loopback_host_needs_a_token(tmp_path):

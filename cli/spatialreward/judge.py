@@ -41,6 +41,7 @@ class Judgment:
     raw: str
     repaired: bool = False
     failed_raw: str | None = None  # the unconstrained answer that failed parsing
+    tokens: int | None = None  # generated tokens of the final answer, as the backend counted them
 
 
 @dataclass
@@ -272,7 +273,7 @@ class _Job:
             try:
                 parsed = _parse(request.kind, answer)
                 outcome = Judgment(parsed, answer.text, repaired=first is not None,
-                                   failed_raw=first[1].text if first else None)
+                                   failed_raw=first[1].text if first else None, tokens=answer.tokens)
             except ParseError as exc:
                 if first is None and gen.structured == "auto":
                     seed = request_seed(gen.seed, self.result.sample.id, pass_index, request.kind, attempt=1)

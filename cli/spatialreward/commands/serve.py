@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..config import load_config
+from ..errors import SpatialRewardError
 from .options import (
     aggregation_options,
     config_option,
@@ -81,8 +82,8 @@ def serve(params: dict) -> None:
         from ..serve.api_router import build_app
         from ..serve.serving import MIB, Limits, RewardService
     except ImportError as exc:
-        raise click.ClickException(f"spatialreward serve needs FastAPI and uvicorn ({exc.name} is missing): "
-                                   'pip install "spatialreward[serve]"') from None
+        raise SpatialRewardError(f"spatialreward serve needs FastAPI and uvicorn ({exc.name} is missing): "
+                                 'pip install "spatialreward[serve]"') from None
 
     token = read_token(params["token_file"])
     if not is_loopback(params["host"]) and token is None and not params["insecure"]:
@@ -122,4 +123,4 @@ def serve(params: dict) -> None:
                    "POST /v1/rewards, GET /health /ready /v1/info /metrics", err=True)
     server.run()
     if not server.started:
-        raise click.ClickException(f"could not listen on {params['host']}:{params['port']}")
+        raise SpatialRewardError(f"could not listen on {params['host']}:{params['port']}")

@@ -82,7 +82,7 @@ class Metrics:
         self.items = Counter(f"{p}_items_total", "Items judged, by status (ok, error).")
         self.errors = Counter(f"{p}_item_errors_total", "Failed items by stage (input, model, parse).")
         self.rejected = Counter(f"{p}_rejected_items_total", "Items refused with 503 because the queue was full.")
-        self.tokens = Counter(f"{p}_answer_chars_total", "Characters of model answers (SC and PQ), a proxy for tokens.")
+        self.tokens = Counter(f"{p}_generated_tokens_total", "Tokens of the model answers (SC and PQ) behind the results.")
         self.request_latency = Histogram(f"{p}_request_seconds", "Latency of POST /v1/rewards, in seconds.")
         self.item_latency = Histogram(f"{p}_item_seconds", "Latency of one item from admission to result, in seconds.")
         self.gauges = [

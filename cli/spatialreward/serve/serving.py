@@ -168,7 +168,7 @@ class RewardService:
         if result.error is not None:
             self.metrics.errors.inc(stage=result.error.stage)
         for judgment in result.sc + result.pq:
-            self.metrics.tokens.inc(len(judgment.raw))
+            self.metrics.tokens.inc(judgment.tokens or 0)
         if result.error is not None and result.error.stage == "model":
             self.model_failures += 1
             self.last_model_error = result.error.message
