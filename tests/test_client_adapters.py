@@ -42,6 +42,10 @@ def test_flow_grpo_reward_fn_with_a_float_tensor_batch(server):
     arrays = np.stack([np.asarray(im) for im in edited[:2]])
     rewards, _ = fn(arrays, ["ignored", "ignored"], [{"source": item_image(77), "instruction": f"item {k}"} for k in range(2)])
     assert rewards.tolist() == pytest.approx([expected_echo(k, edited[k])["reward"] for k in range(2)], abs=1e-6)
+    # the editing variants pass the source images as ref_images, in the same layout as images
+    refs = torch.stack([torch.from_numpy(np.array(item_image(77))).permute(2, 0, 1).float() / 255] * 4)
+    rewards, _ = fn(images, prompts, [{} for _ in range(4)], ref_images=refs)
+    assert rewards.tolist() == pytest.approx([expected_echo(k, edited[k])["reward"] for k in range(4)], abs=1e-6)
     with pytest.raises(ValueError, match="source"):
         fn(edited[:1], ["item 1"], [{}])
 
@@ -91,3 +95,35 @@ def test_items_sharing_source_and_instruction_are_submitted_adjacent():
                 for c in backend.calls if c["requests"][0].kind == "sc"]
     assert sc_calls == ["item 1", "item 1", "item 1", "item 2", "item 2", "item 3"]
     assert service.pending == 0
+
+
+def test_items_of_concurrent_requests_share_batches():
+    """Dynamic batching across clients: one generate() call holds items of two requests."""
+    from spatialreward.config import load_config
+    from spatialreward.judge import Judge
+    from spatialreward.serve.protocol import RewardRequest
+    from spatialreward.serve.serving import RewardService
+    from spatialreward.testing.scripted import ScriptedBackend
+
+    backend = ScriptedBackend({"echo": True, "delay_s": 0.05})
+    judge = Judge(backend, load_config(None, {"batch_size": 8}))
+    service = RewardService(judge)
+    source = base64.b64encode(png_bytes(item_image(1))).decode()
+
+    def request(first: int) -> RewardRequest:
+        return RewardRequest.model_validate({"items": [
+            {"source": source, "edited": base64.b64encode(png_bytes(item_image(k))).decode(), "instruction": f"item {k}"}
+            for k in range(first, first + 4)]})
+
+    async def both():
+        return await asyncio.gather(service.score(request(100)), service.score(request(200)))
+
+    try:
+        first, second = asyncio.run(both())
+    finally:
+        judge.close()
+    assert [r["reward"] for r in first] == [pytest.approx(expected_echo(k, item_image(k))["reward"]) for k in range(100, 104)]
+    assert [r["reward"] for r in second] == [pytest.approx(expected_echo(k, item_image(k))["reward"]) for k in range(200, 204)]
+    mixed = [c for c in backend.calls
+             if {r.prompt.rsplit(" ", 1)[-1].strip()[:1] for r in c["requests"] if r.kind == "sc"} >= {"1", "2"}]
+    assert mixed, [len(c["requests"]) for c in backend.calls]

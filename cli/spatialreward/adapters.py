@@ -5,7 +5,8 @@
   tensor N x C x H x W in [0, 1] (as flow_grpo's sampler gives it), a uint8
   array N x H x W x C, or a list of PIL images; the instruction of item i is
   ``metadata[i]["instruction"]`` if present, else ``prompts[i]``; its source
-  image ``metadata[i]["source"]`` (a path, bytes, PIL image or array).
+  image ``metadata[i]["source"]`` (a path, bytes, PIL image or array), else
+  ``ref_images[i]`` (the keyword flow_grpo's editing variants pass).
   ``rewards`` is a float32 array: a failed item is NaN (never 0.0), its error in
   ``info["errors"][i]``; mask NaN before the advantage computation.
 - ``evaluate_images(...)``: the released repository's convenience function,
@@ -43,16 +44,19 @@ def flow_grpo_reward(url: str | None = None, *, client: RewardClient | None = No
     """A flow_grpo-style reward function served by ``spatialreward serve`` at ``url``."""
     client = client or RewardClient(url, **client_kwargs)
 
-    def fn(images, prompts: Sequence[str], metadata: Sequence[dict], **_: Any):
+    def fn(images, prompts: Sequence[str], metadata: Sequence[dict], ref_images=None, **_: Any):
         import numpy as np
 
         edited = _edited_images(images)
+        references = _edited_images(ref_images) if ref_images is not None else None
         items = []
         for i, (image, prompt, meta) in enumerate(zip(edited, prompts, metadata)):
             meta = meta or {}
             source = meta.get("source", meta.get("source_image"))
+            if source is None and references is not None:
+                source = references[i]
             if source is None:
-                raise ValueError(f"metadata[{i}] has no 'source' image")
+                raise ValueError(f"metadata[{i}] has no 'source' image (and no ref_images were given)")
             items.append({"source": source, "edited": image, "instruction": meta.get("instruction") or prompt})
         if len(items) != len(edited):
             raise ValueError(f"{len(edited)} images but {len(prompts)} prompts and {len(metadata)} metadata entries")
