@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import time
 
 import numpy as np
 import pytest
@@ -105,8 +106,9 @@ def test_items_of_concurrent_requests_share_batches():
     from spatialreward.serve.serving import RewardService
     from spatialreward.testing.scripted import ScriptedBackend
 
-    backend = ScriptedBackend({"echo": True, "delay_s": 0.05})
-    judge = Judge(backend, load_config(None, {"batch_size": 8}))
+    # A batch of 16 takes what is queued, oldest first, whichever request it came from.
+    backend = ScriptedBackend({"echo": True, "delay_s": 0.2})
+    judge = Judge(backend, load_config(None, {"batch_size": 16}))
     service = RewardService(judge)
     source = base64.b64encode(png_bytes(item_image(1))).decode()
 
@@ -118,7 +120,16 @@ def test_items_of_concurrent_requests_share_batches():
     async def both():
         return await asyncio.gather(service.score(request(100)), service.score(request(200)))
 
+    from spatialreward.sample import Sample
+
     try:
+        # Keep the model busy first: while that call sleeps, both requests' items queue up.
+        judge.submit(Sample(id="busy", source=png_bytes(item_image(1)), edited=png_bytes(item_image(2)),
+                            instruction="busy 999"))
+        deadline = time.monotonic() + 5
+        while not backend.calls:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
         first, second = asyncio.run(both())
     finally:
         judge.close()

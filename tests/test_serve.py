@@ -190,7 +190,10 @@ def test_503_when_the_queue_is_full(small_server):
     items = [(item_image(9), item_image(k), f"item {k}") for k in range(4)]
     with RewardClient(small_server.url, token="s3cret-token", max_retries=0) as client, ThreadPoolExecutor(1) as pool:
         first = pool.submit(client.score, items)  # fills the queue (4 items) for >= 0.4 s
-        time.sleep(0.15)
+        deadline = time.monotonic() + 10
+        while "spatialreward_pending_items 4" not in httpx.get(small_server.url + "/metrics", headers=AUTH).text:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         with pytest.raises(RewardError) as refused:
             client.score(items[:1])
         assert refused.value.status == 503

@@ -32,6 +32,8 @@ DEFAULT_MAX_QUEUE = 1024
 DEFAULT_MAX_IMAGE_MB = 32
 # /ready turns false after this many items in a row failed in the model (engine down).
 MODEL_FAILURES_NOT_READY = 3
+# Requests carrying more base64 than this decode their images off the event loop.
+OFFLOAD_BYTES = 1 << 20
 
 _FORMATS = (("PNG", lambda b: b.startswith(b"\x89PNG\r\n\x1a\n")),
             ("JPEG", lambda b: b.startswith(b"\xff\xd8\xff")),
@@ -179,7 +181,11 @@ class RewardService:
         items = request.items
         if len(items) > self.limits.max_items:
             raise TooManyItems(f"{len(items)} items in one request; the limit is --max-items {self.limits.max_items}")
-        samples = [self.sample(item, i) for i, item in enumerate(items)]
+        size = sum(len(item.source) + len(item.edited) for item in items)
+        if size > OFFLOAD_BYTES:  # decoding megabytes of base64 would stall every other client's request
+            samples = await asyncio.to_thread(lambda: [self.sample(item, i) for i, item in enumerate(items)])
+        else:
+            samples = [self.sample(item, i) for i, item in enumerate(items)]
         self._admit(len(samples))
         order = submission_order(items)
         started = time.perf_counter()
