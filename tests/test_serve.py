@@ -272,8 +272,11 @@ def test_sigterm_finishes_in_flight_and_exits_0(tmp_path):
     items = [(item_image(2), item_image(k), f"item {k}") for k in range(3)]  # 6 calls of 0.5 s
     with RewardClient(server.url, max_retries=0) as client, ThreadPoolExecutor(1) as pool:
         running = pool.submit(client.score, items)
-        time.sleep(0.6)
-        server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while "spatialreward_pending_items 3" not in httpx.get(server.url + "/metrics").text:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.proc.send_signal(signal.SIGTERM)  # with ~3 s of model work still to do
         results = running.result(timeout=30)
     assert [r.reward for r in results] == [pytest.approx(expected_echo(k, item_image(k))["reward"]) for k in range(3)]
     assert server.proc.wait(30) == 0
