@@ -141,6 +141,17 @@ def test_411_without_content_length(echo_server):
     assert answer.status_code == 411
 
 
+def test_the_answer_matches_the_documented_model(echo_server):
+    from spatialreward.serve.protocol import RewardResponse
+
+    good = b64(png_bytes(item_image(1)))
+    body = {"items": [{"id": "x", "source": good, "edited": good, "instruction": "item 1"},
+                      {"source": good, "edited": b64(b"junk"), "instruction": "item 2"}], "return": ["regions"]}
+    answer = RewardResponse.model_validate(httpx.post(echo_server.url + "/v1/rewards", json=body).json())
+    assert [(r.id, r.index, r.status) for r in answer.results] == [("x", 0, "ok"), (None, 1, "error")]
+    assert answer.results[1].error.stage == "input" and answer.results[0].score in (0.0, 1.0)
+
+
 def test_pickle_is_refused(echo_server):
     import pickle
 

@@ -42,7 +42,8 @@ class RewardResult(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    id: str
+    id: str | None  # the request item's id (null when it had none)
+    index: int  # the item's place in the request
     status: Literal["ok", "error"]
     reward: float | None
     score: float | None
