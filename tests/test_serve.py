@@ -152,6 +152,16 @@ def test_the_answer_matches_the_documented_model(echo_server):
     assert answer.results[1].error.stage == "input" and answer.results[0].score in (0.0, 1.0)
 
 
+def test_a_shared_source_is_decoded_once_and_a_bad_one_fails_its_items(echo_server):
+    with RewardClient(echo_server.url) as client:
+        results = client.score([(item_image(7), item_image(k), f"item {k}") for k in range(3)]
+                               + [(b"\x89PNG\r\n\x1a\nbroken", item_image(k), f"item {k}") for k in range(3, 5)]
+                               + [(item_image(8), item_image(5), "item 5")])
+    assert [r.reward for r in results[:3]] == [pytest.approx(expected_echo(k, item_image(k))["reward"]) for k in range(3)]
+    assert [r.error["stage"] for r in results[3:5]] == ["input", "input"]
+    assert "source" in results[3].error["message"] and results[5].ok
+
+
 def test_pickle_is_refused(echo_server):
     import pickle
 

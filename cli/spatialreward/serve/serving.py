@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .. import __version__
 from ..errors import InputError
+from ..images import load_image
 from ..sample import Sample
 from .metrics import Metrics
 from .protocol import OPTIONAL_FIELDS, RewardRequest
@@ -136,18 +137,34 @@ class RewardService:
         }
 
     # -- work -----------------------------------------------------------------------
-    def sample(self, item, index: int) -> Sample:
-        """One request item as a Sample; a bad image makes an input error of this item only."""
+    def sample(self, item, index: int, sources: dict | None = None) -> Sample:
+        """One request item as a Sample; a bad image makes an input error of this item only.
+
+        ``sources``: the request's source images by their base64 text. A source
+        shared by several items (a group of edits of one image) is decoded once,
+        with the same checks, and shared as a picture."""
         sample = Sample(id=item.id if item.id is not None else str(index), source=None, edited=None,
                         instruction=item.instruction, meta=dict(item.meta or {}))
         try:
             if not item.instruction.strip():
                 raise InputError("empty instruction")
-            sample.source = decode_image(item.source, "source", self.limits.max_image_bytes)
+            sample.source = self._source(item.source, sources if sources is not None else {})
             sample.edited = decode_image(item.edited, "edited", self.limits.max_image_bytes)
         except InputError as exc:
             sample.error = exc
         return sample
+
+    def _source(self, data: str, sources: dict):
+        known = sources.get(data)
+        if known is None:
+            try:
+                known = load_image(decode_image(data, "source", self.limits.max_image_bytes), role="source")
+            except InputError as exc:
+                known = exc
+            sources[data] = known
+        if isinstance(known, InputError):
+            raise known
+        return known
 
     def _admit(self, count: int) -> None:
         with self._lock:
@@ -182,10 +199,13 @@ class RewardService:
         if len(items) > self.limits.max_items:
             raise TooManyItems(f"{len(items)} items in one request; the limit is --max-items {self.limits.max_items}")
         size = sum(len(item.source) + len(item.edited) for item in items)
-        if size > OFFLOAD_BYTES:  # decoding megabytes of base64 would stall every other client's request
-            samples = await asyncio.to_thread(lambda: [self.sample(item, i) for i, item in enumerate(items)])
-        else:
-            samples = [self.sample(item, i) for i, item in enumerate(items)]
+        sources: dict = {}
+
+        def prepare() -> list[Sample]:
+            return [self.sample(item, i, sources) for i, item in enumerate(items)]
+
+        # Decoding megabytes of base64 (and the shared sources) would stall every other client's request.
+        samples = await asyncio.to_thread(prepare) if size > OFFLOAD_BYTES else prepare()
         self._admit(len(samples))
         order = submission_order(items)
         started = time.perf_counter()
