@@ -138,3 +138,23 @@ def test_items_of_concurrent_requests_share_batches():
     mixed = [c for c in backend.calls
              if {r.prompt.rsplit(" ", 1)[-1].strip()[:1] for r in c["requests"] if r.kind == "sc"} >= {"1", "2"}]
     assert mixed, [len(c["requests"]) for c in backend.calls]
+
+
+def test_a_full_scheduler_queue_fails_items_instead_of_hanging_them():
+    from spatialreward.config import load_config
+    from spatialreward.judge import Judge
+    from spatialreward.sample import Sample
+    from spatialreward.scheduler import Scheduler
+    from spatialreward.testing.scripted import ScriptedBackend
+
+    backend = ScriptedBackend({"echo": True, "delay_s": 0.2})
+    judge = Judge(backend, load_config(None, {"batch_size": 1}))
+    judge._scheduler = Scheduler(backend, judge.config.generation, max_batch=1, max_queue=1)
+    try:
+        futures = judge.submit_many([Sample(id=str(k), source=png_bytes(item_image(1)), edited=png_bytes(item_image(k)),
+                                            instruction=f"item {k}") for k in range(4)])
+        results = [f.result(timeout=20) for f in futures]
+    finally:
+        judge.close()
+    failed = [r for r in results if not r.ok]
+    assert failed and all(r.error.stage == "model" and "not queued" in r.error.message for r in failed)

@@ -100,7 +100,6 @@ class Judge:
         # engine says what it takes (openai: one request per call, many calls).
         self.max_batch = getattr(backend, "max_batch", None) or config.batch_size
         self.concurrency = getattr(backend, "concurrency", None) or 1
-        self.max_queue: int | None = None  # bound on the scheduler's queue (requests); set before first use
         self._scheduler: Scheduler | None = None
         self._lock = threading.Lock()
         # Images decode in the background while the model works (Pillow releases the GIL).
@@ -195,7 +194,7 @@ class Judge:
         with self._lock:
             if self._scheduler is None:
                 self._scheduler = Scheduler(self.backend, self.config.generation, max_batch=self.max_batch,
-                                            concurrency=self.concurrency, max_queue=self.max_queue)
+                                            concurrency=self.concurrency)
             return self._scheduler
 
     @property

@@ -4,7 +4,11 @@ order, with the fields of the record ``spatialreward judge`` writes.
 
 Back-pressure: at most ``max_queue`` items are admitted and unfinished at once;
 a request that does not fit is refused whole (``Overloaded`` -> 503 with
-Retry-After) before any work, so the backlog never grows without bound.
+Retry-After) before any work, so the backlog never grows without bound. The
+bound is on items, not on the scheduler's queue of model requests (which it
+bounds in turn: at most 2 x passes requests per item, and as many repairs): a
+scheduler refusing a request (``QueueFull``) would fail an item already
+admitted, half judged; admission refuses whole requests before any work.
 """
 
 from __future__ import annotations
