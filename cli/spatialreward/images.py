@@ -10,6 +10,7 @@ mode has no faithful RGB conversion is refused, never guessed.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import threading
 import warnings
@@ -38,7 +39,7 @@ def _own_size_limit():
 
 
 def load_image(source, *, max_pixels: int | None = None, role: str = "image") -> Image.Image:
-    """Open ``source`` (a path or a PIL image) as an RGB image.
+    """Open ``source`` (a path, a PIL image, or the bytes of an image file) as an RGB image.
 
     Refuses missing or unreadable files, non-images, zero-size images and
     images over ``max_pixels`` (checked from the header, before decoding, so a
@@ -52,6 +53,12 @@ def load_image(source, *, max_pixels: int | None = None, role: str = "image") ->
         # An image opened from a file keeps its EXIF orientation: apply it, as for a path.
         with _pillow_warnings_to_log("<PIL image>"):
             return to_rgb(ImageOps.exif_transpose(source), role=role, name="<PIL image>")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        # An image file received in memory (the reward server): the same checks as a file.
+        name = f"<{len(source):,} bytes>"
+        if not len(source):
+            raise InputError(f"{role}: empty image data")
+        return _open(io.BytesIO(source), name, max_pixels, role)
     path = Path(source)
     name = str(path)
     if not path.exists():
@@ -60,9 +67,13 @@ def load_image(source, *, max_pixels: int | None = None, role: str = "image") ->
         raise InputError(f"{role} {name}: not a file")
     if path.stat().st_size == 0:
         raise InputError(f"{role} {name}: empty file")
+    return _open(path, name, max_pixels, role)
+
+
+def _open(file, name: str, max_pixels: int, role: str) -> Image.Image:
     try:
         with _own_size_limit(), _pillow_warnings_to_log(name):  # only the header is read here
-            image = Image.open(path)
+            image = Image.open(file)
         with image, _pillow_warnings_to_log(name):
             _check_size(image.size, max_pixels, role, name)
             image.load()

@@ -27,7 +27,7 @@ from .prompts import prompts_fingerprint
 from .records import build_record
 from .requests import PQ, SC, Request, pq_request, sc_request
 from .sample import Sample
-from .scheduler import Scheduler
+from .scheduler import QueueFull, Scheduler
 from .structured import GRAMMAR_VERSION
 
 log = logging.getLogger("spatialreward")
@@ -41,6 +41,7 @@ class Judgment:
     raw: str
     repaired: bool = False
     failed_raw: str | None = None  # the unconstrained answer that failed parsing
+    tokens: int | None = None  # generated tokens of the final answer, as the backend counted them
 
 
 @dataclass
@@ -174,6 +175,23 @@ class Judge:
             self._loader.submit(job.load)
         return job.future
 
+    def submit_many(self, samples: Sequence[Sample]) -> "list[Future[JudgeResult]]":
+        """``submit`` for several samples whose requests must reach the scheduler in
+        this order (the reward server keeps items that share a source image and an
+        instruction adjacent, for engine prefix caching): one background task loads
+        them one after another and queues each one's requests as soon as it is loaded."""
+        jobs = [_Job(self, sample) for sample in samples]
+
+        def load_in_order() -> None:
+            for job in jobs:
+                if job.result.sample.error is not None:
+                    job.finish()
+                else:
+                    job.load()
+
+        self._loader.submit(load_in_order)
+        return [job.future for job in jobs]
+
     @property
     def scheduler(self) -> Scheduler:
         """The one queue in front of the backend, shared by every caller of this judge."""
@@ -242,7 +260,11 @@ class _Job:
 
     def send(self, request: Request, pass_index: int, *, constrained: bool, first=None) -> None:
         """``first``: (the ParseError, the failed Answer) when this is the repair."""
-        future = self.judge.scheduler.submit(request, constrained=constrained)
+        try:
+            future = self.judge.scheduler.submit(request, constrained=constrained)
+        except (QueueFull, RuntimeError) as exc:  # a full or closed queue fails this request, never hangs it
+            future = Future()
+            future.set_result(ModelError(f"{request.kind.upper()} not queued: {exc}"))
         future.add_done_callback(lambda f: self.answered(request, pass_index, f.result(), constrained, first))
 
     def answered(self, request: Request, pass_index: int, answer, constrained: bool, first) -> None:
@@ -254,7 +276,7 @@ class _Job:
             try:
                 parsed = _parse(request.kind, answer)
                 outcome = Judgment(parsed, answer.text, repaired=first is not None,
-                                   failed_raw=first[1].text if first else None)
+                                   failed_raw=first[1].text if first else None, tokens=answer.tokens)
             except ParseError as exc:
                 if first is None and gen.structured == "auto":
                     seed = request_seed(gen.seed, self.result.sample.id, pass_index, request.kind, attempt=1)

@@ -55,6 +55,7 @@ def _register() -> None:
     from .judge import judge
     from .report import report
     from .rescore import rescore
+    from .serve import serve
 
     main.add_command(judge)
     main.add_command(rescore)
@@ -62,6 +63,7 @@ def _register() -> None:
     main.add_command(check)
     main.add_command(gate)
     main.add_command(bench)
+    main.add_command(serve)
 
 
 _register()

@@ -10,13 +10,19 @@ answers from a script, chosen per request by, in order of precedence:
 - ``scores_from_image``: ``true`` answers every request with valid JSON whose
   scores (0..25) are derived from the edited image's digest: deterministic,
   different images score differently (``hashed_scores``; for benchmark tests);
+- ``echo``: ``true`` makes answers encode the item (for ordering tests): SC
+  success = the instruction's last whole number modulo 26 (``"item 123"`` ->
+  19; an instruction without one: a digest of its text), overediting 20; PQ
+  naturalness = ``echo_pq(edited image)`` (from its pixel digest), artifacts 20;
 - ``constrained``: ``{"sc": TEXT, "pq": TEXT}`` for grammar-constrained calls;
 - ``answers``: ``{"sc": TEXT, "pq": TEXT}``, the defaults.
 
 A text ``"!raise MESSAGE"`` makes ``generate()`` raise for that request's
 batch. ``"delay_s": SECONDS`` makes each ``generate()`` call sleep that long
 first, as a slow model would (for tests of progress and interruption; it does
-not change the answers, so it is not part of the fingerprint). From the CLI it
+not change the answers, so it is not part of the fingerprint); ``"record":
+false`` keeps no ``calls`` (for load tests and benchmarks, whose memory would
+otherwise grow with every request). From the CLI it
 is ``--backend scripted --model SCRIPT.json`` (an entry point of the
 ``spatialreward.backends`` group).
 """
@@ -37,6 +43,21 @@ from ..backends.base import Answer
 SC_OK = ('{"edit_region": [{"id": 0, "label": "red square", "bbox_2d": [100, 200, 300, 400]}], '
          '"reasoning": "<|bbox_0|> A red square was added. <|global|> Clean.", "score": [20, 18]}')
 PQ_OK = '{"reasoning": "Looks natural.", "score": [22, 21]}'
+
+
+def echo_sc(instruction: str) -> int:
+    """The success score the echo mode gives an instruction."""
+    import re
+
+    numbers = re.findall(r"\d+", instruction)
+    if numbers:
+        return int(numbers[-1]) % 26
+    return int(hashlib.sha1(instruction.encode()).hexdigest()[:8], 16) % 26
+
+
+def echo_pq(image) -> int:
+    """The naturalness score the echo mode gives an edited image."""
+    return int(image_digest(image)[:8], 16) % 26
 
 
 def image_digest(image) -> str:
@@ -68,6 +89,8 @@ class ScriptedBackend:
         self.script = {"answers": {"sc": SC_OK, "pq": PQ_OK}, **(script or {})}
         self.model_id = model_id
         self.delay_s = float(self.script.pop("delay_s", 0) or 0)
+        # "record": false keeps no calls (long runs: load tests, benchmarks); answers unchanged.
+        self.record = bool(self.script.pop("record", True))
         self.fingerprint = "scripted:" + hashlib.sha256(
             json.dumps(self.script, sort_keys=True).encode()).hexdigest()[:16]
         self.calls: list[dict] = []  # one per generate(): {"requests", "constrained", "generation"}
@@ -92,12 +115,18 @@ class ScriptedBackend:
             return found
         if script.get("scores_from_image"):
             return hashed_answer(request.kind, request.images[-1])
+        if script.get("echo"):
+            if request.kind == "sc":
+                return ('{"edit_region": [], "reasoning": "echo", "score": [%d, 20]}'
+                        % echo_sc(request.prompt.rsplit("Editing instruction: ", 1)[-1].removesuffix("\n")))
+            return '{"reasoning": "echo", "score": [%d, 20]}' % echo_pq(request.images[-1])
         if constrained and request.kind in script.get("constrained", {}):
             return script["constrained"][request.kind]
         return script["answers"][request.kind]
 
     def generate(self, requests: Sequence[Request], generation: Generation, *, constrained: bool) -> list[Answer]:
-        self.calls.append({"requests": list(requests), "constrained": constrained, "generation": generation})
+        if self.record:
+            self.calls.append({"requests": list(requests), "constrained": constrained, "generation": generation})
         if self.delay_s > 0:
             time.sleep(self.delay_s)
         texts = [self.text_for(r, constrained) for r in requests]

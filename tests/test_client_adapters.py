@@ -1,0 +1,160 @@
+"""The trainer adapters called the way their frameworks call them, against a
+real server; the service's grouping for prefix caching, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from serve_helpers import expected_echo, item_image, png_bytes, start
+
+from spatialreward.adapters import evaluate_images, flow_grpo_reward
+from spatialreward.client import encode_image
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = start(tmp_path_factory.mktemp("adapters"), {"echo": True})
+    yield server
+    assert server.stop() == 0
+
+
+def test_flow_grpo_reward_fn_with_a_float_tensor_batch(server):
+    """flow_grpo calls reward_fn(images, prompts, metadata) with images a float
+    tensor N x C x H x W in [0, 1]; it wants one float per image."""
+    edited = [item_image(k) for k in range(4)]
+    images = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255 for im in edited])
+    prompts = [f"item {k}" for k in range(4)]
+    metadata = [{"source": item_image(77)} for _ in range(3)] + [{"source": b"not an image"}]
+    fn = flow_grpo_reward(server.url)
+    rewards, info = fn(images, prompts, metadata)
+    assert rewards.dtype == np.float32 and rewards.shape == (4,)
+    for k in range(3):  # float -> uint8 exactly as the sampler saved it: the same pixels, the same reward
+        assert rewards[k] == pytest.approx(expected_echo(k, edited[k])["reward"], abs=1e-6)
+        assert info["errors"][k] is None
+    assert math.isnan(rewards[3]) and info["errors"][3]["stage"] == "input"  # never 0.0
+    # uint8 NHWC arrays and PIL lists work too; metadata["instruction"] wins over the prompt
+    arrays = np.stack([np.asarray(im) for im in edited[:2]])
+    rewards, _ = fn(arrays, ["ignored", "ignored"], [{"source": item_image(77), "instruction": f"item {k}"} for k in range(2)])
+    assert rewards.tolist() == pytest.approx([expected_echo(k, edited[k])["reward"] for k in range(2)], abs=1e-6)
+    # the editing variants pass the source images as ref_images, in the same layout as images
+    refs = torch.stack([torch.from_numpy(np.array(item_image(77))).permute(2, 0, 1).float() / 255] * 4)
+    rewards, _ = fn(images, prompts, [{} for _ in range(4)], ref_images=refs)
+    assert rewards.tolist() == pytest.approx([expected_echo(k, edited[k])["reward"] for k in range(4)], abs=1e-6)
+    with pytest.raises(ValueError, match="source"):
+        fn(edited[:1], ["item 1"], [{}])
+
+
+def test_released_evaluate_images_function(server):
+    scores, rewards, reasoning, meta = evaluate_images(
+        [[item_image(5)], [item_image(5)]], [item_image(1), b"junk"],
+        [{"instruction": "item 1", "k": "a"}, {"instruction": "item 2"}], proxy_host="127.0.0.1",
+        proxy_port=server.port)
+    assert rewards[0] == pytest.approx(expected_echo(1, item_image(1))["reward"])
+    assert rewards[1] is None and scores[1] is None  # a failed item is never 0.0
+    assert meta[0] == {"instruction": "item 1", "k": "a", "original_index": 0}
+    assert meta[1]["original_index"] == 1 and meta[1]["error"]["stage"] == "input"
+    assert reasoning[1].startswith("error (input)")
+
+
+def test_images_are_sent_losslessly(tmp_path):
+    jpeg = tmp_path / "a.jpg"
+    item_image(3).save(jpeg, quality=70)
+    assert base64.b64decode(encode_image(jpeg)) == jpeg.read_bytes()  # a file goes as its bytes
+    assert base64.b64decode(encode_image(item_image(3))) == png_bytes(item_image(3))  # PIL as PNG
+
+
+def test_items_sharing_source_and_instruction_are_submitted_adjacent():
+    """The released proxy's instruction grouping: the scheduler sees the SC
+    requests of one source+instruction group one after another."""
+    from spatialreward.judge import Judge
+    from spatialreward.config import load_config
+    from spatialreward.serve.protocol import RewardRequest
+    from spatialreward.serve.serving import RewardService
+    from spatialreward.testing.scripted import ScriptedBackend
+
+    backend = ScriptedBackend({"echo": True, "delay_s": 0.05})
+    judge = Judge(backend, load_config(None, {"batch_size": 1}))
+    service = RewardService(judge)
+    src = {name: base64.b64encode(png_bytes(item_image(n))).decode() for name, n in (("A", 1), ("B", 2))}
+    order = [("A", "item 1"), ("B", "item 2"), ("A", "item 1"), ("B", "item 2"), ("A", "item 3"), ("A", "item 1")]
+    request = RewardRequest.model_validate({"items": [
+        {"id": str(i), "source": src[s], "edited": base64.b64encode(png_bytes(item_image(10 + i))).decode(),
+         "instruction": t} for i, (s, t) in enumerate(order)]})
+    try:
+        results = asyncio.run(service.score(request))
+    finally:
+        judge.close()
+    assert [r["id"] for r in results] == [str(i) for i in range(6)]  # answers in request order
+    sc_calls = [c["requests"][0].prompt.rsplit("Editing instruction: ", 1)[-1].strip()
+                for c in backend.calls if c["requests"][0].kind == "sc"]
+    assert sc_calls == ["item 1", "item 1", "item 1", "item 2", "item 2", "item 3"]
+    assert service.pending == 0
+
+
+def test_items_of_concurrent_requests_share_batches():
+    """Dynamic batching across clients: one generate() call holds items of two requests."""
+    from spatialreward.config import load_config
+    from spatialreward.judge import Judge
+    from spatialreward.serve.protocol import RewardRequest
+    from spatialreward.serve.serving import RewardService
+    from spatialreward.testing.scripted import ScriptedBackend
+
+    # A batch of 16 takes what is queued, oldest first, whichever request it came from.
+    backend = ScriptedBackend({"echo": True, "delay_s": 0.2})
+    judge = Judge(backend, load_config(None, {"batch_size": 16}))
+    service = RewardService(judge)
+    source = base64.b64encode(png_bytes(item_image(1))).decode()
+
+    def request(first: int) -> RewardRequest:
+        return RewardRequest.model_validate({"items": [
+            {"source": source, "edited": base64.b64encode(png_bytes(item_image(k))).decode(), "instruction": f"item {k}"}
+            for k in range(first, first + 4)]})
+
+    async def both():
+        return await asyncio.gather(service.score(request(100)), service.score(request(200)))
+
+    from spatialreward.sample import Sample
+
+    try:
+        # Keep the model busy first: while that call sleeps, both requests' items queue up.
+        judge.submit(Sample(id="busy", source=png_bytes(item_image(1)), edited=png_bytes(item_image(2)),
+                            instruction="busy 999"))
+        deadline = time.monotonic() + 5
+        while not backend.calls:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        first, second = asyncio.run(both())
+    finally:
+        judge.close()
+    assert [r["reward"] for r in first] == [pytest.approx(expected_echo(k, item_image(k))["reward"]) for k in range(100, 104)]
+    assert [r["reward"] for r in second] == [pytest.approx(expected_echo(k, item_image(k))["reward"]) for k in range(200, 204)]
+    mixed = [c for c in backend.calls
+             if {r.prompt.rsplit(" ", 1)[-1].strip()[:1] for r in c["requests"] if r.kind == "sc"} >= {"1", "2"}]
+    assert mixed, [len(c["requests"]) for c in backend.calls]
+
+
+def test_a_full_scheduler_queue_fails_items_instead_of_hanging_them():
+    from spatialreward.config import load_config
+    from spatialreward.judge import Judge
+    from spatialreward.sample import Sample
+    from spatialreward.scheduler import Scheduler
+    from spatialreward.testing.scripted import ScriptedBackend
+
+    backend = ScriptedBackend({"echo": True, "delay_s": 0.2})
+    judge = Judge(backend, load_config(None, {"batch_size": 1}))
+    judge._scheduler = Scheduler(backend, judge.config.generation, max_batch=1, max_queue=1)
+    try:
+        futures = judge.submit_many([Sample(id=str(k), source=png_bytes(item_image(1)), edited=png_bytes(item_image(k)),
+                                            instruction=f"item {k}") for k in range(4)])
+        results = [f.result(timeout=20) for f in futures]
+    finally:
+        judge.close()
+    failed = [r for r in results if not r.ok]
+    assert failed and all(r.error.stage == "model" and "not queued" in r.error.message for r in failed)
