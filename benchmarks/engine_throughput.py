@@ -113,6 +113,9 @@ def judge_rate(base_url: str, model: str, manifest: Path, out: Path, max_new_tok
         raise SystemExit(f"judge failed ({proc.returncode}): {stderr.strip()[-500:]}")
     records = [json.loads(line) for line in out.read_text().splitlines()]
     errors = sum(r["status"] != "ok" for r in records)
+    stages = sorted({r["error"]["stage"] for r in records if r["error"]})
+    if errors:
+        print(f"    error records by stage: {stages}; first: {next(r['error']['message'] for r in records if r['error'])[:160]}")
     # rate over the records after the first: (n - 1) edits, 2 requests each, between first and last arrival
     span = stamps[-1] - stamps[0] if len(stamps) > 1 else float("nan")
     return 2 * (len(stamps) - 1) / span, errors

@@ -9,13 +9,9 @@ import click
 from ..config import load_config
 from .judge import EXIT_INTERRUPTED
 from .options import (
-    aggregation_options,
-    config_option,
     config_overrides,
-    engine_options,
-    generation_options,
+    judge_options,
     load_judge,
-    model_options,
     pass_params,
     quiet_option,
 )
@@ -41,13 +37,7 @@ NAMES = ("mer-bench", "editreward-bench", "mmrb2-edit")
                    "published default's rank.")
 @click.option("--overwrite", is_flag=True, help="Judge afresh instead of resuming DIR/scores.jsonl.")
 @click.option("--retry-errors", is_flag=True, help="On resume, judge again the edits recorded as errors.")
-@config_option
-@model_options
-@generation_options
-@aggregation_options
-@click.option("--backend", default="transformers", show_default=True,
-              help="Model backend: transformers, openai (a server), vllm (in process), or a plugin.")
-@engine_options
+@judge_options
 @quiet_option
 @pass_params
 def bench(params: dict) -> None:

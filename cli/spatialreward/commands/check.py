@@ -11,14 +11,10 @@ from ..config import load_config
 from ..errors import EXIT_ERROR, EXIT_FAILED, EXIT_OK, SpatialRewardError
 from ..explain import verdict_lines
 from .options import (
-    aggregation_options,
-    config_option,
     backend_options,
     config_overrides,
-    engine_options,
-    generation_options,
+    judge_options,
     load_judge,
-    model_options,
     pass_params,
 )
 
@@ -30,13 +26,7 @@ from .options import (
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON record `judge` would write.")
 @click.option("--overlay", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write a side-by-side picture (source | edited with the predicted regions) to this PNG.")
-@config_option
-@model_options
-@generation_options
-@aggregation_options
-@click.option("--backend", default="transformers", show_default=True,
-              help="Model backend: transformers, openai (a server), vllm (in process), or a plugin.")
-@engine_options
+@judge_options
 @pass_params
 def check(params: dict) -> None:
     """Judge one edit: SOURCE and EDITED images, and the INSTRUCTION.

@@ -12,14 +12,10 @@ from ..output import refuse_overwriting, summary_path
 from ..results import read_records
 from ..summary import render_table
 from .options import (
-    aggregation_options,
-    config_option,
     backend_options,
     config_overrides,
-    engine_options,
-    generation_options,
+    judge_options,
     load_judge,
-    model_options,
     pass_params,
     quiet_option,
 )
@@ -38,13 +34,7 @@ EXIT_INTERRUPTED = 130
 @click.option("--overwrite", is_flag=True, help="Start the output afresh instead of resuming.")
 @click.option("--retry-errors", is_flag=True, help="On resume, judge again the edits recorded as errors.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad input (exit 3) instead of recording it.")
-@config_option
-@model_options
-@generation_options
-@aggregation_options
-@click.option("--backend", default="transformers", show_default=True,
-              help="Model backend: transformers, openai (a server), vllm (in process), or a plugin.")
-@engine_options
+@judge_options
 @quiet_option
 @pass_params
 def judge(params: dict) -> None:

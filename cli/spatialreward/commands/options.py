@@ -114,6 +114,11 @@ def backend_options(params: dict) -> dict:
     return options
 
 
+backend_option = click.option(
+    "--backend", default="transformers", show_default=True,
+    help="Model backend: transformers, openai (a server), vllm (in process), or a plugin.",
+)
+
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print less: no progress bar, no summary table.")
 
 
@@ -164,3 +169,8 @@ def load_judge(params: dict, config):
     transformers.logging.disable_progress_bar()
     return Judge.from_pretrained(config=config, device=params["device"], dtype=params["dtype"],
                                  backend=params["backend"], backend_options=backend_options(params))
+
+
+# Everything a model-using command (judge, check, bench, serve) takes to build its Judge.
+judge_options = _compose(config_option, model_options, generation_options, aggregation_options, backend_option,
+                         engine_options)

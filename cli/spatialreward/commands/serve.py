@@ -11,13 +11,9 @@ import click
 from ..config import load_config
 from ..errors import SpatialRewardError
 from .options import (
-    aggregation_options,
-    config_option,
     config_overrides,
-    generation_options,
-    engine_options,
+    judge_options,
     load_judge,
-    model_options,
     pass_params,
     quiet_option,
 )
@@ -60,13 +56,7 @@ def read_token(token_file: str | None) -> str | None:
               help="Items admitted and unfinished, all clients together (503 + Retry-After above) [default 1024].")
 @click.option("--max-image-mb", type=click.IntRange(min=1), default=None,
               help="Largest image file, MiB (the item fails above) [default 32].")
-@config_option
-@model_options
-@generation_options
-@aggregation_options
-@click.option("--backend", default="transformers", show_default=True,
-              help="Model backend: transformers, openai (servers), vllm (in process), or a plugin.")
-@engine_options
+@judge_options
 @quiet_option
 @pass_params
 def serve(params: dict) -> None:
