@@ -94,3 +94,26 @@ def test_one_server_killed_gives_model_errors_then_retry_errors_completes(vllm_s
     assert sorted(r["id"] for r in again) == sorted(f"e{i}" for i in range(EDITS))
     assert not model_errors(again)
     assert any(r["status"] == "ok" for r in again)
+
+
+def test_reward_server_over_the_vllm_server(vllm_server, engine_model, photos, tmp_path):
+    """`spatialreward serve --backend openai` in front of the real vLLM server:
+    the released client's call shape gets one result per item, in order."""
+    from serve_helpers import start
+    from spatialreward.client import RewardClient
+
+    server = start(tmp_path, None, "--structured", "always", "--max-new-tokens", "256",
+                   model_args=["--backend", "openai", "--base-url", vllm_server.url, "--model", str(engine_model)])
+    try:
+        with RewardClient(server.url) as client:
+            sources = [[photos["coffee"]], [photos["astronaut"]], [photos["coffee"]]]
+            edited = [photos["coffee_red_square"], photos["astronaut_mirror"], photos["coffee_blur"]]
+            metas = [{"instruction": f"edit {i}", "tag": i} for i in range(3)]
+            scores, rewards, reasoning, meta = client.evaluate(sources, edited, metas)
+        assert [m["original_index"] for m in meta] == [0, 1, 2] and [m["tag"] for m in meta] == [0, 1, 2]
+        assert len(scores) == len(rewards) == len(reasoning) == 3
+        for score, reward in zip(scores, rewards):
+            # a judged item: a reward in [0, 1]; an item the random model's answer failed: None, never 0.0
+            assert (reward is None and score is None) or (0 <= reward <= 1 and score in (0.0, 1.0))
+    finally:
+        assert server.stop() == 0

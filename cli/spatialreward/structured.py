@@ -113,6 +113,20 @@ def chars_per_token_of(tokenizer) -> float:
     return min(CHARS_PER_TOKEN, len(_ENGLISH_SAMPLE) / max(1, tokens))
 
 
+def local_chars_per_token(model: str, revision: str | None = None) -> float:
+    """``chars_per_token_of`` the model's tokenizer when it is on this machine (a
+    folder, or the Hugging Face cache), for engines that tokenize elsewhere, so
+    their grammar is the transformers path's; else ``CHARS_PER_TOKEN`` (what
+    Qwen's tokenizer gives, capped)."""
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not here: the default is Qwen's own figure
+        return CHARS_PER_TOKEN
+    return chars_per_token_of(tokenizer)
+
+
 def _string(max_chars: int) -> dict:
     """A string of at most ``max_chars`` characters (Unicode code points)."""
     return {"type": "string", "maxLength": max_chars}
@@ -176,7 +190,7 @@ def json_tokenizer_info(info):
 
 
 @functools.lru_cache(maxsize=64)
-def grammar_for(kind: str, max_new_tokens: int) -> str:
+def grammar_for(kind: str, max_new_tokens: int, chars_per_token: float = CHARS_PER_TOKEN) -> str:
     """The EBNF grammar (xgrammar's) of ``schema_for(kind, max_new_tokens)``
     with no free whitespace, strict: the grammar the transformers path compiles,
     as text, for engines that take a grammar (vLLM's ``structured_outputs``).
@@ -184,6 +198,6 @@ def grammar_for(kind: str, max_new_tokens: int) -> str:
     engine's own JSON-schema settings are."""
     import xgrammar as xgr
 
-    schema = json.dumps(schema_for(kind, max_new_tokens))
+    schema = json.dumps(schema_for(kind, max_new_tokens, chars_per_token))
     return str(xgr.Grammar.from_json_schema(schema, any_whitespace=False, strict_mode=True,
                                             separators=(", ", ": ")))

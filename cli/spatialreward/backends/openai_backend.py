@@ -69,7 +69,7 @@ from ..constants import DEFAULT_MODEL
 from ..errors import ConfigError, EngineError
 from ..pixels import PROMPT_TOKENS, context_needed, image_tokens, resize_for_model, smart_resize
 from ..requests import Request
-from ..structured import grammar_for, schema_for
+from ..structured import CHARS_PER_TOKEN, grammar_for, local_chars_per_token, schema_for
 from .base import Answer
 
 log = logging.getLogger("spatialreward")
@@ -215,6 +215,7 @@ class OpenAIBackend:
         self.served_model = served_model
         self.model_id = served_model
         self.fingerprint = f"openai:{served_model}"
+        self.chars_per_token = CHARS_PER_TOKEN  # load() measures the model's tokenizer when it is here
         self.concurrency = concurrency
         self.request_timeout = float(request_timeout)
         self.structured_field = structured_field
@@ -267,6 +268,7 @@ class OpenAIBackend:
         backend = cls(urls, served_model=served, api_key=api_key, concurrency=concurrency,
                       request_timeout=request_timeout, structured_field=structured_field, max_model_len=max_len,
                       **tuning)
+        backend.chars_per_token = local_chars_per_token(model, revision)  # the grammar's bounds, as in process
         if probe:
             try:
                 for endpoint in backend.pool.endpoints:
@@ -334,9 +336,10 @@ class OpenAIBackend:
                 # The grammar itself: vLLM ignores a request's disable_any_whitespace (only its
                 # server-wide --structured-outputs-config counts), and free whitespace can
                 # fill max_new_tokens; the grammar is the transformers path's, exactly.
-                body["structured_outputs"] = {"grammar": grammar_for(request.kind, generation.max_new_tokens)}
+                body["structured_outputs"] = {
+                    "grammar": grammar_for(request.kind, generation.max_new_tokens, self.chars_per_token)}
             else:
-                schema = schema_for(request.kind, generation.max_new_tokens)
+                schema = schema_for(request.kind, generation.max_new_tokens, self.chars_per_token)
                 body["response_format"] = {"type": "json_schema", "json_schema": {
                     "name": f"spatialreward_{request.kind}", "schema": schema, "strict": True}}
         return body

@@ -33,7 +33,7 @@ from ..config import Generation
 from ..errors import ConfigError, EngineError
 from ..pixels import context_needed, resize_for_model
 from ..requests import Request
-from ..structured import grammar_for
+from ..structured import chars_per_token_of, grammar_for
 from .base import Answer
 
 log = logging.getLogger("spatialreward")
@@ -55,6 +55,8 @@ class VLLMBackend:
         self.fingerprint = fingerprint
         self.dtype = dtype
         self._budget = _budget(generation)
+        # The grammar's bounds from the served tokenizer, as the transformers path measures them.
+        self.chars_per_token = chars_per_token_of(llm.get_tokenizer())
 
     @classmethod
     def load(cls, model: str, *, revision: str | None = None, device: str = "auto", dtype: str = "auto",
@@ -107,7 +109,8 @@ class VLLMBackend:
         if constrained:
             # The transformers path's grammar (no free whitespace), as text: a request's own
             # disable_any_whitespace is ignored by vLLM.
-            structured = StructuredOutputsParams(grammar=grammar_for(request.kind, generation.max_new_tokens))
+            structured = StructuredOutputsParams(
+                grammar=grammar_for(request.kind, generation.max_new_tokens, self.chars_per_token))
         return SamplingParams(
             n=1,
             temperature=generation.temperature if generation.sampling else 0.0,
