@@ -89,3 +89,9 @@ class ParseError(SampleError):
 class ScoresFileError(SpatialRewardError, ValueError):
     """A results (scores) file cannot be read or holds an invalid record
     (a ``ValueError`` too: the file's content is a bad value)."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception: its class and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from .backends.base import Answer
 from .config import Generation
-from .errors import ModelError
+from .errors import ModelError, describe
 from .requests import Request
 
 log = logging.getLogger("spatialreward")
@@ -146,8 +146,3 @@ class Scheduler:
             return [ModelError(f"{requests[0].kind.upper()} generation failed: {problem}")]
         log.warning("batch of %d failed (%s); retrying one by one", len(requests), problem)
         return [self._generate([r], constrained=constrained)[0] for r in requests]
-
-
-def describe(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__

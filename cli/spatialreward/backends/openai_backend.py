@@ -66,7 +66,7 @@ from PIL import Image
 
 from ..config import Generation
 from ..constants import DEFAULT_MODEL
-from ..errors import ConfigError, EngineError
+from ..errors import ConfigError, EngineError, describe
 from ..pixels import PROMPT_TOKENS, context_needed, image_tokens, resize_for_model, smart_resize
 from ..requests import Request
 from ..structured import CHARS_PER_TOKEN, grammar_for, local_chars_per_token, schema_for
@@ -170,11 +170,6 @@ def normalize_url(url: str) -> str:
 def _first_line(text: str, limit: int = 200) -> str:
     lines = str(text).strip().splitlines()
     return lines[0][:limit] if lines else ""
-
-
-def _describe(exc: Exception) -> str:
-    text = _first_line(str(exc))
-    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 def _error_text(response) -> str:
@@ -295,7 +290,7 @@ class OpenAIBackend:
             try:
                 response = endpoint.client.post("/chat/completions", json=body, timeout=max(STARTUP_TIMEOUT_S, self.request_timeout))
             except Exception as exc:  # noqa: BLE001 - any transport failure: one line
-                raise EngineError(f"cannot reach the server at {url} ({_describe(exc)}): start it, or fix --base-url") from None
+                raise EngineError(f"cannot reach the server at {url} ({describe(exc)}): start it, or fix --base-url") from None
             if response.status_code != 200:
                 raise _probe_error(url, response, generation)
             try:
@@ -365,7 +360,7 @@ class OpenAIBackend:
             tokens = int((data.get("usage") or {}).get("completion_tokens") or len(choice.get("token_ids") or []))
             return Answer(text=text, tokens=tokens, finished=choice.get("finish_reason") == "stop")
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-            raise EngineRequestError(f"malformed chat completion ({_describe(exc)})") from None
+            raise EngineRequestError(f"malformed chat completion ({describe(exc)})") from None
 
     def post(self, body: dict) -> dict:
         """The JSON answer to ``body``; retried on connection errors, 429 and
@@ -379,13 +374,13 @@ class OpenAIBackend:
             try:
                 response = endpoint.client.post("/chat/completions", json=body)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                outcome, problem = "down", f"cannot connect ({_describe(exc)})"
+                outcome, problem = "down", f"cannot connect ({describe(exc)})"
             except httpx.TimeoutException:
                 self.pool.release(endpoint, "neutral")
                 raise EngineRequestError(f"{endpoint.url}: no answer within {self.request_timeout:g} s "
                                          "(raise --request-timeout)") from None
             except httpx.TransportError as exc:  # the connection broke: the server may have died mid-request
-                outcome, problem = "failed", f"connection lost ({_describe(exc)})"
+                outcome, problem = "failed", f"connection lost ({describe(exc)})"
             except BaseException:
                 self.pool.release(endpoint, "neutral")
                 raise
@@ -438,7 +433,7 @@ def _list_models(url: str, api_key: str | None) -> dict[str, int | None]:
     try:
         response = httpx.get(url + "/models", headers=headers, timeout=STARTUP_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - any transport failure: one line
-        raise EngineError(f"cannot reach the server at {url} ({_describe(exc)}): start it, or fix --base-url") from None
+        raise EngineError(f"cannot reach the server at {url} ({describe(exc)}): start it, or fix --base-url") from None
     if response.status_code in (401, 403):
         hint = "check the key in the variable --api-key-env names" if api_key else \
             "pass --api-key-env VAR naming the environment variable that holds its key"
@@ -449,7 +444,7 @@ def _list_models(url: str, api_key: str | None) -> dict[str, int | None]:
         entries = response.json()["data"]
         return {str(e["id"]): (int(e["max_model_len"]) if e.get("max_model_len") else None) for e in entries}
     except (ValueError, KeyError, TypeError) as exc:
-        raise EngineError(f"{url}/models did not answer as an OpenAI-compatible server ({_describe(exc)}): "
+        raise EngineError(f"{url}/models did not answer as an OpenAI-compatible server ({describe(exc)}): "
                           "fix --base-url (it usually ends with /v1)") from None
 
 
