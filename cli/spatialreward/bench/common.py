@@ -21,6 +21,16 @@ class Prepared:
     notes: dict = field(default_factory=dict)  # counts worth reporting (e.g. multi-source rows)
 
 
+def split_rows(splits: dict, limit: int | None):
+    """(split, index, origin, row) for the first ``limit`` rows of each split
+    (all with None); ``origin`` ("2pair[7]") names the row in messages."""
+    for split, rows in splits.items():
+        for index, row in enumerate(rows):
+            if limit is not None and index >= limit:
+                break
+            yield split, index, f"{split}[{index}]", row
+
+
 def content_id(prefix: str, source: str | None, edited: str | None, instruction: Any) -> str:
     """An id naming what is judged: the same source, edit and instruction in
     two rows is one sample, judged once."""

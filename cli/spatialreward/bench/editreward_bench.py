@@ -15,7 +15,8 @@ dimension, then per dimension the unweighted mean over task types.
 from __future__ import annotations
 
 from ..aggregate import TO_TEN
-from .common import Prepared, content_id, coverage_line, fmt, make_sample, store_path, table, unit_values
+from .common import (Prepared, content_id, coverage_line, fmt, make_sample, split_rows, store_path, table,
+                     unit_values)
 from .data import image_list
 from .metrics import Tally, pair_correct, unweighted_mean
 
@@ -36,37 +37,33 @@ SCORE = {
 def prepare(splits: dict, store, limit: int | None) -> Prepared:
     samples, items = [], []
     seen: set[str] = set()
-    for split, rows in splits.items():
-        for index, row in enumerate(rows):
-            if limit is not None and index >= limit:
-                break
-            origin = f"{split}[{index}]"
-            instruction = row.get("instruction")
-            source = store_path(store, row.get("input_image"))
-            outputs = image_list(row.get("output_images"))
-            key = row.get("key")
-            item = {"row": index, "split": split, "key": key, "task_type": row.get("task_type"),
-                    "dimension": row.get("dimension")}
-            if len(outputs) != 2 or any(o is None for o in outputs):
-                item["invalid"] = f"{len(outputs)} output images, not 2"
-            elif item["dimension"] not in DIMENSIONS:
-                item["invalid"] = f"unknown dimension {item['dimension']!r}"
-            if "invalid" in item:
-                items.append(item)
-                continue
-            ids = []
-            for k, value in enumerate(outputs):
-                edited = store.path(value)
-                sample_id = content_id("erb", source, edited, instruction)
-                ids.append(sample_id)
-                if sample_id not in seen:
-                    seen.add(sample_id)
-                    output_key = key[k] if isinstance(key, (list, tuple)) and len(key) > k else None
-                    meta = {"benchmark": NAME, "split": split, "row": index, "key": output_key,
-                            "category": item["task_type"] if isinstance(item["task_type"], str) else None}
-                    samples.append(make_sample(sample_id, source, edited, instruction, meta, origin))
-            item["better"], item["worse"] = ids
+    for split, index, origin, row in split_rows(splits, limit):
+        instruction = row.get("instruction")
+        source = store_path(store, row.get("input_image"))
+        outputs = image_list(row.get("output_images"))
+        key = row.get("key")
+        item = {"row": index, "split": split, "key": key, "task_type": row.get("task_type"),
+                "dimension": row.get("dimension")}
+        if len(outputs) != 2 or any(o is None for o in outputs):
+            item["invalid"] = f"{len(outputs)} output images, not 2"
+        elif item["dimension"] not in DIMENSIONS:
+            item["invalid"] = f"unknown dimension {item['dimension']!r}"
+        if "invalid" in item:
             items.append(item)
+            continue
+        ids = []
+        for k, value in enumerate(outputs):
+            edited = store.path(value)
+            sample_id = content_id("erb", source, edited, instruction)
+            ids.append(sample_id)
+            if sample_id not in seen:
+                seen.add(sample_id)
+                output_key = key[k] if isinstance(key, (list, tuple)) and len(key) > k else None
+                meta = {"benchmark": NAME, "split": split, "row": index, "key": output_key,
+                        "category": item["task_type"] if isinstance(item["task_type"], str) else None}
+                samples.append(make_sample(sample_id, source, edited, instruction, meta, origin))
+        item["better"], item["worse"] = ids
+        items.append(item)
     return Prepared(samples, items, {"rows": len(items), "distinct_outputs": len(samples)})
 
 

@@ -8,7 +8,7 @@ candidate is judged, as a ranked group; metrics come from the overall reward.
 
 from __future__ import annotations
 
-from .common import Prepared, coverage_line, fmt, make_sample, store_path, table, unit_values
+from .common import Prepared, coverage_line, fmt, make_sample, split_rows, store_path, table, unit_values
 from .data import image_list
 from .metrics import Tally, group_metrics
 
@@ -23,31 +23,27 @@ METRICS = ("exact_match", "top1", "kendall_tau", "spearman_rho", "ndcg_published
 def prepare(splits: dict, store, limit: int | None) -> Prepared:
     samples, items = [], []
     seen: set[str] = set()
-    for split, rows in splits.items():
-        for index, row in enumerate(rows):
-            if limit is not None and index >= limit:
-                break
-            origin = f"{split}[{index}]"
-            pair_id = row.get("pair_id")
-            group = f"{split}/{pair_id if pair_id is not None else index}"
-            if group in seen:  # a repeated pair_id: keep both rows, apart
-                group = f"{group}@{index}"
-            seen.add(group)
-            label = row.get("label")
-            source = store_path(store, row.get("original_image"))
-            edited = [store.path(v) if v is not None else None for v in image_list(row.get("edited_images"))]
-            meta = {"benchmark": NAME, "split": split, "pair_id": pair_id, "label": label,
-                    "category": label if isinstance(label, str) else None}
-            ids = []
-            for k, path in enumerate(edited):
-                sample = make_sample(f"{group}#{k}", source, path, row.get("instruction"), meta, origin,
-                                     group=group, group_size=len(edited), candidate=k)
-                samples.append(sample)
-                ids.append(sample.id)
-            item = {"group": group, "split": split, "label": label, "pair_id": pair_id, "ids": ids}
-            if not ids:
-                item["invalid"] = "no edited images"
-            items.append(item)
+    for split, index, origin, row in split_rows(splits, limit):
+        pair_id = row.get("pair_id")
+        group = f"{split}/{pair_id if pair_id is not None else index}"
+        if group in seen:  # a repeated pair_id: keep both rows, apart
+            group = f"{group}@{index}"
+        seen.add(group)
+        label = row.get("label")
+        source = store_path(store, row.get("original_image"))
+        edited = [store.path(v) if v is not None else None for v in image_list(row.get("edited_images"))]
+        meta = {"benchmark": NAME, "split": split, "pair_id": pair_id, "label": label,
+                "category": label if isinstance(label, str) else None}
+        ids = []
+        for k, path in enumerate(edited):
+            sample = make_sample(f"{group}#{k}", source, path, row.get("instruction"), meta, origin,
+                                 group=group, group_size=len(edited), candidate=k)
+            samples.append(sample)
+            ids.append(sample.id)
+        item = {"group": group, "split": split, "label": label, "pair_id": pair_id, "ids": ids}
+        if not ids:
+            item["invalid"] = "no edited images"
+        items.append(item)
     return Prepared(samples, items)
 
 

@@ -14,7 +14,8 @@ is judged by its first (counted as ``multi_image_responses``).
 
 from __future__ import annotations
 
-from .common import Prepared, content_id, coverage_line, fmt, make_sample, store_path, table, unit_values
+from .common import (Prepared, content_id, coverage_line, fmt, make_sample, split_rows, store_path, table,
+                     unit_values)
 from .data import image_list
 from .metrics import Tally, pair_correct
 
@@ -29,41 +30,37 @@ def prepare(splits: dict, store, limit: int | None) -> Prepared:
     samples, items = [], []
     seen: set[str] = set()
     multi_source = multi_image = 0
-    for split, rows in splits.items():
-        for index, row in enumerate(rows):
-            if limit is not None and index >= limit:
-                break
-            origin = f"{split}[{index}]"
-            instruction = row.get("prompt_text")
-            sources = image_list(row.get("prompt_images"))
-            item = {"row": index, "split": split, "pair_id": row.get("pair_id"),
-                    "prompt_source": row.get("prompt_source"), "sources": len(sources), "chosen": row.get("chosen")}
-            multi_source += len(sources) > 1
-            responses = {side: image_list(row.get(f"response_{side.lower()}_images")) for side in "AB"}
-            if item["chosen"] not in ("A", "B"):
-                item["invalid"] = f"chosen is {item['chosen']!r}, not 'A' or 'B'"
-            elif not sources:
-                item["invalid"] = "no source image"
-            elif not all(responses.values()):
-                item["invalid"] = "a response without an image"
-            if "invalid" in item:
-                items.append(item)
-                continue
-            source = store_path(store, sources[0])
-            ids = {}
-            for side, images in responses.items():
-                multi_image += len(images) > 1
-                edited = store_path(store, images[0])
-                sample_id = content_id("mmrb2", source, edited, instruction)
-                ids[side] = sample_id
-                if sample_id not in seen:
-                    seen.add(sample_id)
-                    meta = {"benchmark": NAME, "split": split, "pair_id": item["pair_id"], "response": side,
-                            "category": item["prompt_source"] if isinstance(item["prompt_source"], str) else None}
-                    samples.append(make_sample(sample_id, source, edited, instruction, meta, origin))
-            rejected = "B" if item["chosen"] == "A" else "A"
-            item["better"], item["worse"] = ids[item["chosen"]], ids[rejected]
+    for split, index, origin, row in split_rows(splits, limit):
+        instruction = row.get("prompt_text")
+        sources = image_list(row.get("prompt_images"))
+        item = {"row": index, "split": split, "pair_id": row.get("pair_id"),
+                "prompt_source": row.get("prompt_source"), "sources": len(sources), "chosen": row.get("chosen")}
+        multi_source += len(sources) > 1
+        responses = {side: image_list(row.get(f"response_{side.lower()}_images")) for side in "AB"}
+        if item["chosen"] not in ("A", "B"):
+            item["invalid"] = f"chosen is {item['chosen']!r}, not 'A' or 'B'"
+        elif not sources:
+            item["invalid"] = "no source image"
+        elif not all(responses.values()):
+            item["invalid"] = "a response without an image"
+        if "invalid" in item:
             items.append(item)
+            continue
+        source = store_path(store, sources[0])
+        ids = {}
+        for side, images in responses.items():
+            multi_image += len(images) > 1
+            edited = store_path(store, images[0])
+            sample_id = content_id("mmrb2", source, edited, instruction)
+            ids[side] = sample_id
+            if sample_id not in seen:
+                seen.add(sample_id)
+                meta = {"benchmark": NAME, "split": split, "pair_id": item["pair_id"], "response": side,
+                        "category": item["prompt_source"] if isinstance(item["prompt_source"], str) else None}
+                samples.append(make_sample(sample_id, source, edited, instruction, meta, origin))
+        rejected = "B" if item["chosen"] == "A" else "A"
+        item["better"], item["worse"] = ids[item["chosen"]], ids[rejected]
+        items.append(item)
     return Prepared(samples, items, {"multi_source": multi_source, "multi_image_responses": multi_image})
 
 
