@@ -24,6 +24,37 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="spatialreward-hf-home-")
 
 
+# -- the fast default and the full run ------------------------------------------
+# `python -m pytest tests` runs the fast default: everything but the tests marked
+# `engine` (a real vLLM server or engine), `browser` (headless Chromium) or `slow`
+# (a whole tool installed or several model loads in one test). `--full` runs
+# everything, as .ci/run does.
+FULL_ONLY = ("engine", "browser", "slow")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", default=False,
+                     help="also run the engine, browser and slow tests (what .ci/run runs)")
+
+
+def pytest_configure(config):
+    for marker, what in (("engine", "needs the CPU vLLM environment (a real vLLM server or engine)"),
+                         ("browser", "drives headless Chromium"),
+                         ("slow", "installs a tool or loads a model several times: --full only")):
+        config.addinivalue_line("markers", f"{marker}: {what}")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full"):
+        return
+    kept, skipped = [], []
+    for item in items:
+        (skipped if any(item.get_closest_marker(m) for m in FULL_ONLY) else kept).append(item)
+    if skipped:
+        config.hook.pytest_deselected(items=skipped)
+        items[:] = kept
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory, monkeypatch):
     """No hub access and no shared caches: every test sees an empty HF_HOME."""

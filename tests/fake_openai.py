@@ -43,6 +43,7 @@ class FakeOpenAI:
         self.api_key = api_key
         self.requests: list[dict] = []  # chat bodies, probes included
         self.faults: deque = deque()  # next chat requests: int status, ("status", code, headers) or ("hang", s)
+        self.fail_when = None  # body -> True: that request gets HTTP 500 (a request the engine always fails)
         self.in_flight = 0
         self.max_in_flight = 0
         self.auth_headers: list[str | None] = []
@@ -141,6 +142,8 @@ class FakeOpenAI:
         with self._lock:
             self.requests.append(body)
             fault = self.faults.popleft() if self.faults else None
+            if fault is None and self.fail_when is not None and self.fail_when(body):
+                fault = 500
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

@@ -15,6 +15,9 @@ import pytest
 from conftest import read_jsonl, spatialreward_exe, write_jsonl
 from vllm_env import start_server
 
+pytestmark = pytest.mark.engine  # --full only (tests/conftest.py)
+
+
 EDITS = 40
 FLAGS = ["--structured", "always", "--max-new-tokens", "256", "--concurrency", "4", "-q"]
 
@@ -34,21 +37,30 @@ def model_errors(records: list[dict]) -> list[dict]:
 
 def kill(server) -> None:
     os.killpg(server.process.pid, signal.SIGKILL)
-    server.process.wait(timeout=30)
+    server.process.wait(timeout=120)  # a loaded machine can take long to reap a killed vLLM
+
+
+def answered(server) -> int:
+    """Chat requests the server has answered (its access log)."""
+    text = server.log.read_text(errors="replace") if server.log.exists() else ""
+    return text.count('"POST /v1/chat/completions HTTP/1.1" 200')
 
 
 def judge_killing(server, manifest, out, urls, model, *extra, after: int = 4):
-    """Run judge; SIGKILL ``server`` once ``after`` records are written."""
+    """Run judge; SIGKILL ``server`` once it has answered ``after`` requests
+    (its own log: the results file is written in input order, so it can stay
+    empty behind a slow head until the end). Returns the exit code, stderr and
+    how many records were written when the server was killed (None: the run
+    ended first)."""
     cmd = [spatialreward_exe(), "judge", str(manifest), "-o", str(out), "--backend", "openai", "--model", str(model),
            *[a for url in urls for a in ("--base-url", url)], *FLAGS, *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     killed_at = None
     while proc.poll() is None and time.monotonic() < deadline:
-        written = out.read_bytes().count(b"\n") if out.exists() else 0
-        if killed_at is None and written >= after:
+        if killed_at is None and answered(server) >= after:
+            killed_at = out.read_bytes().count(b"\n") if out.exists() else 0
             kill(server)
-            killed_at = written
         time.sleep(0.05)
     stdout, stderr = proc.communicate(timeout=60)
     return proc.returncode, stderr, killed_at

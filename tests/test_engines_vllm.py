@@ -28,6 +28,9 @@ from spatialreward.pixels import resize_for_model
 from spatialreward.requests import pq_request, sc_request
 from vllm_env import venv_env
 
+pytestmark = pytest.mark.engine  # --full only (tests/conftest.py)
+
+
 GEN = Generation(max_new_tokens=64)
 
 
@@ -236,6 +239,145 @@ def test_judge_with_vllm_in_process(vllm_python, engine_model, manifest, transfo
     assert outcomes(records) == outcomes(transformers_records)
     assert any(r["status"] == "ok" for r in records)
     assert {r["judge_hash"] for r in records}.isdisjoint({r["judge_hash"] for r in transformers_records})
+
+
+# Run inside the vLLM venv by the next test: one engine, then (a) a request that
+# enters while another decodes, and leaves first; (b) a cancelled request leaves
+# the engine; (c) a judge run through the pipeline (DirectEngine), its requests'
+# engine spans overlapping, and its records; (d) the synchronous door; (e) close.
+IN_PROCESS_SCRIPT = r"""
+import asyncio, json, sys, time
+
+from PIL import Image
+
+from spatialreward.backends.vllm_backend import VLLMBackend
+from spatialreward.config import Generation, load_config
+from spatialreward.judge import Judge
+from spatialreward.requests import pq_request, sc_request
+from spatialreward.sample import Sample
+
+
+def main(model, manifest):
+    gen = Generation(max_new_tokens=64)
+    backend = VLLMBackend.load(model, dtype="float32", generation=gen, max_model_len=4096)
+    spans = {}  # request id -> start, end (monotonic) and how it left the engine
+    real = backend.engine.generate
+
+    def recording(prompt, params, request_id, **kwargs):
+        async def stream():
+            span = spans[request_id] = {"start": time.monotonic(), "end": None, "outcome": "running"}
+            try:
+                async for output in real(prompt, params, request_id, **kwargs):
+                    yield output
+                span["outcome"] = "finished"
+            except asyncio.CancelledError:
+                span["outcome"] = "cancelled"
+                raise
+            finally:
+                span["end"] = time.monotonic()
+        return stream()
+
+    backend.engine.generate = recording  # every request the backend submits to the AsyncLLM
+    rows = [json.loads(line) for line in open(manifest)]
+    images = {r["id"]: (Image.open(r["source"]).convert("RGB"), Image.open(r["edited"]).convert("RGB")) for r in rows}
+    long = sc_request(*images["grow"], "Make it larger")
+    short = pq_request(images["shrink"][1])
+    out = {"capacity": backend.capacity}
+
+    async def new_span(before):
+        while not set(spans) - before:
+            await asyncio.sleep(0.005)
+        return (set(spans) - before).pop()
+
+    async def staggered():  # on a loop of its own (as the judge's): handed over to the engine's
+        before = set(spans)
+        first = asyncio.ensure_future(backend.agenerate(long, gen, constrained=False))
+        a = await new_span(before)
+        b_answer = await backend.agenerate(short, Generation(max_new_tokens=4), constrained=False)
+        b = (set(spans) - before - {a}).pop()
+        a_answer = await first
+        return spans[a], spans[b], a_answer.tokens, b_answer.tokens
+
+    a, b, out["a_tokens"], out["b_tokens"] = asyncio.run(staggered())
+    out["staggered"] = [a, b]
+
+    async def cancel_one():  # cancelled as soon as it is in the engine: a quiet CPU decodes 64 tokens in 0.2 s
+        before = set(spans)
+        task = asyncio.ensure_future(backend.agenerate(long, Generation(max_new_tokens=1024), constrained=False))
+        rid = await new_span(before)
+        await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        for _ in range(500):
+            if spans[rid]["outcome"] != "running" and backend.engine.get_num_unfinished_requests() == 0:
+                break
+            await asyncio.sleep(0.01)
+        return spans[rid]["outcome"], backend.engine.get_num_unfinished_requests()
+
+    out["cancelled"], out["unfinished_after_cancel"] = asyncio.run(cancel_one())
+
+    config = load_config(None, {"model": model, "generation": {"max_new_tokens": 256, "structured": "always"}})
+    judge = Judge(backend, config)
+    out["engine"] = type(judge.engine).__name__
+    out["engine_capacity"] = judge.engine.capacity
+    before = set(spans)
+    samples = [Sample(id=r["id"], source=r["source"], edited=r["edited"], instruction=r["instruction"]) for r in rows]
+    out["records"] = [result.to_record() for result in judge.score_many(samples)]
+    out["judge_spans"] = [spans[k] for k in spans if k not in before]
+
+    answers = backend.generate([long, short], gen, constrained=True)
+    out["sync"] = [[a.text, a.tokens, a.finished] for a in answers]
+    judge.close()  # the engine with it (final)
+    out["closed"] = backend.engine is None and not backend._runner._thread.is_alive()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_vllm_in_process_batches_continuously(vllm_python, engine_model, manifest, transformers_records, tmp_path):
+    """vLLM in process on AsyncLLM, one request per agenerate(): no barrier between
+    calls. A short request that enters the engine while a long one decodes leaves
+    it first; a cancelled request is aborted in the engine; a judge run drives it
+    through DirectEngine with its requests overlapping in the engine, and records
+    the same raw answers as the transformers backend; the synchronous generate()
+    still answers; closing the judge shuts the engine down."""
+    script = tmp_path / "in_process.py"
+    script.write_text(IN_PROCESS_SCRIPT)
+    proc = subprocess.run([str(vllm_python), str(script), str(engine_model), str(manifest)],
+                          capture_output=True, text=True, env=venv_env(VLLM_LOGGING_LEVEL="WARNING"), timeout=900,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["capacity"] >= 1
+
+    # (a) B entered after A, while A was in the engine, and left before A: continuous batching.
+    a, b = out["staggered"]
+    assert out["a_tokens"] >= 16, "the long request must decode for a while"  # greedy: the same every run
+    assert out["b_tokens"] <= 4
+    assert a["start"] < b["start"] < b["end"] < a["end"], out["staggered"]
+    assert a["outcome"] == b["outcome"] == "finished"
+
+    # (b) Cancelled by its caller: aborted in the engine, nothing left there.
+    assert out["cancelled"] == "cancelled" and out["unfinished_after_cancel"] == 0
+
+    # (c) The judge's pipeline: one call per request, the engine's capacity in flight;
+    # requests entering the engine while others are there (no batch barrier).
+    assert out["engine"] == "DirectEngine" and out["engine_capacity"] == out["capacity"]
+    spans = out["judge_spans"]
+    assert len(spans) == 2 * len(out["records"])  # SC and PQ per edit (structured always: no repair)
+    assert all(s["outcome"] == "finished" for s in spans)
+    assert any(x["start"] < y["start"] < x["end"] for x in spans for y in spans if x is not y), spans
+    assert outcomes(out["records"]) == outcomes(transformers_records)
+
+    # (d) The synchronous door answers one per request; (e) close is final.
+    assert len(out["sync"]) == 2 and all(text for text, _, _ in out["sync"])
+    assert out["closed"]
 
 
 def test_vllm_backend_without_vllm_says_how_to_install(tmp_path, photos):

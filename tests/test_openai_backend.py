@@ -231,20 +231,70 @@ def test_concurrent_generate_calls_are_thread_safe(server, images):
     assert all(e.outstanding == 0 for e in backend.pool.endpoints)
 
 
-def test_a_dead_endpoint_leaves_the_rotation_and_comes_back(two_servers, images):
+def test_a_dead_endpoint_leaves_the_rotation_and_comes_back_when_a_probe_answers(two_servers, images):
+    """Down on a connection failure; back as soon as its probe (GET /models)
+    answers, long before the cool-down (30 s) would have let it in."""
+    import asyncio
+
     a, b = two_servers
-    backend = load(two_servers, cooldown_s=0.5)
+    backend = load(two_servers, cooldown_s=30)
     request = pq_request(Image.new("RGB", (64, 64)))
-    a.stop()
-    for _ in range(6):
-        backend.generate([request], Generation(), constrained=False)  # all succeed, on b
-    assert len(b.chat_requests()) == 6
-    assert backend.pool.live() == [backend.pool.endpoints[1]]
-    a.start()  # same port
-    time.sleep(0.6)
-    for _ in range(4):
-        backend.generate([request], Generation(), constrained=False)
-    assert len(a.chat_requests(probes=False)) >= 1, "back in the rotation after the cool-down"
+    gen = Generation()
+
+    async def main():
+        a.stop()
+        for _ in range(6):
+            await backend.agenerate(request, gen, constrained=False)  # all succeed, on b
+        assert len(b.chat_requests()) == 6
+        assert backend.pool.live() == [backend.pool.endpoints[1]]
+        a.start()  # same port
+        deadline = time.monotonic() + 5
+        while backend.pool.live() != backend.pool.endpoints and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert backend.pool.live() == backend.pool.endpoints, "back in the rotation once its probe answered"
+        for _ in range(4):
+            await backend.agenerate(request, gen, constrained=False)
+        await backend.aclose()
+
+    asyncio.run(main())
+    assert len(a.chat_requests(probes=False)) >= 1
+
+
+def test_one_sick_request_fails_alone_and_the_endpoint_stays(server, images):
+    """The same request failing (HTTP 500 each time) while others succeed fails
+    that request only: the only endpoint never leaves the rotation."""
+    import asyncio
+
+    backend = load(server, retries=2, dead_after=3)
+    gen = Generation()
+    poison = pq_request(Image.new("RGB", (64, 64), (255, 0, 0)), seed=666)
+    fine = [pq_request(Image.new("RGB", (64, 64)), seed=k) for k in range(12)]
+    server.fail_when = lambda body: body.get("seed") == 666
+
+    async def main():
+        results = await asyncio.gather(*(backend.agenerate(r, gen, constrained=False) for r in [poison, *fine]),
+                                       return_exceptions=True)
+        await backend.aclose()
+        return results
+
+    for _ in range(3):
+        results = asyncio.run(main())
+        assert isinstance(results[0], EngineRequestError) and "HTTP 500" in str(results[0])
+        assert all(not isinstance(r, Exception) for r in results[1:]), results[1:]
+        assert backend.pool.live() == backend.pool.endpoints
+
+
+def test_several_endpoints_one_down_at_start_starts_and_names_it(server, caplog):
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    backend = OpenAIBackend.load("SpatialReward/SpatialReward-8B", generation=Generation(),
+                                 base_urls=[server.url, dead], **FAST)
+    assert backend.pool.live() == [backend.pool.endpoints[0]]
+    named = [r.getMessage() for r in caplog.records if dead in r.getMessage()]
+    assert len(named) == 1 and "cannot reach" in named[0]
+    [answer] = backend.generate([pq_request(Image.new("RGB", (64, 64)))], Generation(), constrained=False)
+    assert answer.finished
+    with pytest.raises(EngineError, match="cannot reach"):  # a single endpoint down is still a start-up error
+        OpenAIBackend.load("SpatialReward/SpatialReward-8B", generation=Generation(), base_urls=[dead], **FAST)
 
 
 def test_every_endpoint_dead_fails_the_request_and_the_judge_records_a_model_error(server, photos):
@@ -363,6 +413,21 @@ def test_cli_judges_through_a_server(server, manifest, tmp_path):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["status"] for r in records] == ["ok", "ok"]
     assert len(server.chat_requests()) == 4
+
+
+def test_cli_model_asked_for_must_be_served(server, manifest, tmp_path):
+    """--model given and not served: exit 3 listing what is served, nothing judged;
+    without --model the one served model judges (and is named in the records)."""
+    out = tmp_path / "s.jsonl"
+    proc = run_cli("judge", manifest, "-o", out, "--backend", "openai", "--base-url", server.url,
+                   "--model", "SpatialReward/SpatialReward-8B", "-q")
+    assert proc.returncode == 3, proc.stderr
+    assert "does not serve model 'SpatialReward/SpatialReward-8B' (it serves: served-model)" in proc.stderr
+    assert not server.chat_requests() and not (out.exists() and out.read_text().strip())
+    proc = run_cli("judge", manifest, "-o", out, "--backend", "openai", "--base-url", server.url, "-q")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["model"] for r in records} == {"served-model"}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -113,11 +113,18 @@ def test_info_ready_metrics(echo_server):
     assert {"model", "judge_hash", "config_hash", "aggregation", "limits", "threshold"} <= set(info)
     assert httpx.get(echo_server.url + "/ready").json() == {"ready": True, "reason": None}
     assert httpx.get(echo_server.url + "/ping").json() == {"status": "ok"}
-    text = httpx.get(echo_server.url + "/metrics").text
+    answer = httpx.get(echo_server.url + "/metrics")
+    text = answer.text
     for name in ("spatialreward_requests_total", "spatialreward_items_total", "spatialreward_queue_depth",
                  "spatialreward_in_flight_requests", "spatialreward_request_seconds_bucket",
-                 "spatialreward_generated_tokens_total"):
+                 "spatialreward_generated_tokens_total", "spatialreward_cancelled_items_total",
+                 "spatialreward_idempotent_replays_total", "spatialreward_admitted_pixels",
+                 "spatialreward_prepare_queue_depth"):
         assert name in text
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    assert answer.headers["content-type"] == CONTENT_TYPE_LATEST
+    assert info["limits"]["max_pixels_in_flight"] == 512_000_000
 
 
 # -- 4xx paths ------------------------------------------------------------------------------
@@ -160,6 +167,87 @@ def test_a_shared_source_is_decoded_once_and_a_bad_one_fails_its_items(echo_serv
     assert [r.reward for r in results[:3]] == [pytest.approx(expected_echo(k, item_image(k))["reward"]) for k in range(3)]
     assert [r.error["stage"] for r in results[3:5]] == ["input", "input"]
     assert "source" in results[3].error["message"] and results[5].ok
+
+
+# -- several source images per item ----------------------------------------------------------
+
+def test_an_item_takes_a_list_of_sources(echo_server):
+    """``source``: one base64 image or a list of 1 to 8 in order; the result says how many."""
+    sources = [b64(png_bytes(item_image(k))) for k in (60, 61, 62)]
+    edited = [b64(png_bytes(item_image(k))) for k in range(4)]
+    body = {"items": [
+        {"id": "three", "source": sources, "edited": edited[0], "instruction": "item 0"},
+        {"id": "one", "source": sources[0], "edited": edited[1], "instruction": "item 1"},
+        {"id": "listed-one", "source": sources[:1], "edited": edited[2], "instruction": "item 2"},
+        {"id": "bad-second", "source": [sources[0], b64(b"junk"), sources[2]], "edited": edited[3],
+         "instruction": "item 3"}]}
+    answer = httpx.post(echo_server.url + "/v1/rewards", json=body)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [(r["id"], r["status"], r["sources"]) for r in results] == [
+        ("three", "ok", 3), ("one", "ok", 1), ("listed-one", "ok", 1), ("bad-second", "error", 3)]
+    for k in range(3):
+        assert results[k]["reward"] == pytest.approx(expected_echo(k, item_image(k))["reward"])
+    assert results[3]["error"]["stage"] == "input" and results[3]["error"]["message"].startswith("source 2:")
+    item = body["items"][0]
+    for bad in ([], [sources[0]] * 9, [1, 2], {"a": sources[0]}):
+        refused = httpx.post(echo_server.url + "/v1/rewards", json={"items": [{**item, "source": bad}]})
+        assert refused.status_code == 422, bad
+    eight = httpx.post(echo_server.url + "/v1/rewards", json={"items": [{**item, "source": [sources[0]] * 8}]})
+    assert eight.status_code == 200 and eight.json()["results"][0]["sources"] == 8
+
+
+def test_sources_reach_the_judge_in_order_decoded_once_and_counted_in_pixels(monkeypatch):
+    """In process: each item's sources go to the model in their order, then the
+    edited image, under the multi-image prompt; a source shared by items (at
+    any place in their lists) is decoded once and its pixels counted once."""
+    import asyncio
+
+    import spatialreward.serve.serving as serving
+    from spatialreward.config import load_config
+    from spatialreward.images import load_image
+    from spatialreward.judge import Judge
+    from spatialreward.prompts import render_sc
+    from spatialreward.serve.protocol import RewardRequest
+    from spatialreward.testing.scripted import ScriptedBackend, image_digest
+
+    from PIL import Image
+
+    a, b = Image.new("RGB", (20, 10), (200, 0, 0)), Image.new("RGB", (30, 10), (0, 0, 200))
+    edited = [item_image(k) for k in range(3)]  # 16 x 16 each
+    text = {"a": b64(png_bytes(a)), "b": b64(png_bytes(b))}
+    request = RewardRequest.model_validate({"items": [
+        {"id": "ab", "source": [text["a"], text["b"]], "edited": b64(png_bytes(edited[0])), "instruction": "item 0"},
+        {"id": "ba", "source": [text["b"], text["a"]], "edited": b64(png_bytes(edited[1])), "instruction": "item 1"},
+        {"id": "a", "source": text["a"], "edited": b64(png_bytes(edited[2])), "instruction": "item 2"}]})
+    decoded_texts = []
+    real = serving.decode_image
+    monkeypatch.setattr(serving, "decode_image",
+                        lambda data, *a, **k: decoded_texts.append(data) or real(data, *a, **k))
+    backend = ScriptedBackend({"echo": True})
+    service = serving.RewardService(Judge(backend, load_config(None, {"batch_size": 8})))
+    decoded = service.decode(request)
+    assert len(decoded_texts) == 5  # a, b and three edited images: each once
+    ab, ba, single = (s.source for s in decoded.samples)
+    assert ab[0] is ba[1] is single and ab[1] is ba[0]  # one bytes object per distinct source
+    assert decoded.pixels == 200 + 300 + 3 * 256 and decoded.sources == [2, 2, 1]
+
+    async def go():
+        try:
+            return await service.score(request)
+        finally:
+            await service.aclose()
+
+    results = asyncio.run(go())
+    assert [(r["id"], r["status"], r["sources"]) for r in results] == [("ab", "ok", 2), ("ba", "ok", 2), ("a", "ok", 1)]
+    assert service.admitted_pixels == 0 and service.pending == 0
+    sc = {r.prompt.rsplit("Editing instruction: ", 1)[-1].strip(): r
+          for c in backend.calls for r in c["requests"] if r.kind == "sc"}
+    digest = lambda image: image_digest(load_image(image))  # noqa: E731
+    assert [image_digest(i) for i in sc["item 0"].images] == [digest(a), digest(b), digest(edited[0])]
+    assert [image_digest(i) for i in sc["item 1"].images] == [digest(b), digest(a), digest(edited[1])]
+    assert [image_digest(i) for i in sc["item 2"].images] == [digest(a), digest(edited[2])]
+    assert sc["item 0"].prompt == render_sc("item 0", "eval", 2) and sc["item 2"].prompt == render_sc("item 2")
 
 
 def test_pickle_is_refused(echo_server):
@@ -209,7 +297,7 @@ def test_413_body_and_items(small_server):
 
 def test_503_when_the_queue_is_full(small_server):
     items = [(item_image(9), item_image(k), f"item {k}") for k in range(4)]
-    with RewardClient(small_server.url, token="s3cret-token", max_retries=0) as client, ThreadPoolExecutor(1) as pool:
+    with RewardClient(small_server.url, token="s3cret-token", max_retries=1) as client, ThreadPoolExecutor(1) as pool:
         first = pool.submit(client.score, items)  # fills the queue (4 items) for >= 0.4 s
         deadline = time.monotonic() + 10
         while "spatialreward_pending_items 4" not in httpx.get(small_server.url + "/metrics", headers=AUTH).text:
@@ -231,14 +319,14 @@ def test_503_when_the_queue_is_full(small_server):
 
 
 def test_a_client_that_gives_up_does_not_leak_queue_places(small_server):
-    with RewardClient(small_server.url, token="s3cret-token", timeout=0.2, max_retries=0) as client:
+    with RewardClient(small_server.url, token="s3cret-token", timeout=0.2, max_retries=1) as client:
         with pytest.raises(RewardError, match="failed after 1 tries"):
             client.score([(item_image(9), item_image(k), f"item {k}") for k in range(4)])
     deadline = time.monotonic() + 10  # its items finish in the background and give their places back
     while "spatialreward_pending_items 0" not in httpx.get(small_server.url + "/metrics", headers=AUTH).text:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    with RewardClient(small_server.url, token="s3cret-token", max_retries=0) as client:
+    with RewardClient(small_server.url, token="s3cret-token", max_retries=1) as client:
         assert all(r.ok for r in client.score([(item_image(9), item_image(k), f"item {k}") for k in range(4)]))
 
 
@@ -246,7 +334,7 @@ def test_client_retries_are_bounded():
     from serve_helpers import free_port
 
     started = time.monotonic()
-    with RewardClient(f"http://127.0.0.1:{free_port()}", max_retries=2, backoff_s=0.01) as client:
+    with RewardClient(f"http://127.0.0.1:{free_port()}", max_retries=3, backoff_s=0.01) as client:
         with pytest.raises(RewardError, match="after 3 tries"):
             client.score([(item_image(1), item_image(2), "item 2")])
     assert time.monotonic() - started < 5
@@ -291,7 +379,7 @@ def test_engine_failure_fails_items_and_ready_says_why(tmp_path):
 def test_sigterm_finishes_in_flight_and_exits_0(tmp_path):
     server = start(tmp_path, {"echo": True, "delay_s": 0.5}, "--batch-size", "1")
     items = [(item_image(2), item_image(k), f"item {k}") for k in range(3)]  # 6 calls of 0.5 s
-    with RewardClient(server.url, max_retries=0) as client, ThreadPoolExecutor(1) as pool:
+    with RewardClient(server.url, max_retries=1) as client, ThreadPoolExecutor(1) as pool:
         running = pool.submit(client.score, items)
         deadline = time.monotonic() + 10
         while "spatialreward_pending_items 3" not in httpx.get(server.url + "/metrics").text:
@@ -354,6 +442,7 @@ def test_ordering_under_load_many_clients_thousands_of_items(echo_server):
 
 # -- the tiny transformers model -------------------------------------------------------------
 
+@pytest.mark.slow  # the tiny model behind a real server: --full only
 def test_tiny_model_server(tiny_model, photos, tmp_path):
     server = start(tmp_path, None, *FAST, model_args=["--backend", "transformers", "--model", str(tiny_model)])
     try:

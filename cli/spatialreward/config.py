@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from .constants import DEFAULT_MODEL, MAX_PIXELS, MIN_PIXELS
+from .protocols import DEFAULT_PROTOCOL, get_protocol
+from .t2i import T2IWeights
 from .errors import ConfigError
 from .numbers import is_number
 from .resources import read_template
@@ -88,10 +90,14 @@ class JudgeConfig:
     generation: Generation = field(default_factory=Generation)
     threshold: float = 0.5
     batch_size: int = 4
+    protocol: str = DEFAULT_PROTOCOL
+    # t2i-spatial's reward formula (spatialreward.t2i.t2i_reward_parts); unused by the edit protocols.
+    t2i: T2IWeights = field(default_factory=T2IWeights)
 
     def validate(self) -> "JudgeConfig":
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError("model must be a hub id or a local folder")
+        get_protocol(self.protocol)
         self.aggregation.validate()
         self.generation.validate()
         if not is_number(self.threshold) or not 0 <= self.threshold <= 1:
@@ -113,12 +119,18 @@ class JudgeConfig:
             "grammar": grammar,
             "generation": dataclasses.asdict(self.generation),
         }
+        if self.protocol != DEFAULT_PROTOCOL:  # eval keeps the hash it always had
+            payload["protocol"] = self.protocol
         return _digest(payload)
 
 
-def config_hash(judge_hash: str, aggregation: Aggregation) -> str:
-    """Fingerprint of what determines the rewards: raw-score setup + aggregation."""
-    return _digest({"judge": judge_hash, "aggregation": dataclasses.asdict(aggregation)})
+def config_hash(judge_hash: str, aggregation: Aggregation, t2i: "T2IWeights | None" = None) -> str:
+    """Fingerprint of what determines the rewards: raw-score setup + aggregation
+    (t2i-spatial: + its reward formula's weights)."""
+    payload = {"judge": judge_hash, "aggregation": dataclasses.asdict(aggregation)}
+    if t2i is not None:
+        payload["t2i"] = dataclasses.asdict(t2i)
+    return _digest(payload)
 
 
 def _digest(payload: dict) -> str:
@@ -161,23 +173,52 @@ def _from_tree(tree: dict) -> JudgeConfig:
         generation=Generation(**tree["generation"]),
         threshold=tree["threshold"],
         batch_size=tree["batch_size"],
+        protocol=tree.get("protocol", DEFAULT_PROTOCOL),
+        t2i=_t2i_weights(tree.get("t2i") or {}),
     )
+
+
+def _t2i_weights(values) -> T2IWeights:
+    if not isinstance(values, dict):
+        raise ConfigError("t2i must be a mapping of model, geometry, spatial_exponent, missing_box_fails")
+    unknown = set(values) - {f.name for f in dataclasses.fields(T2IWeights)}
+    if unknown:
+        raise ConfigError(f"t2i: unknown keys {sorted(unknown)}")
+    return T2IWeights(**values)
 
 
 def with_overrides(config: JudgeConfig, overrides: dict) -> JudgeConfig:
     """``config`` with ``overrides`` (nested config keys) applied and validated."""
     tree = config.to_dict()
     tree["aggregation"]["weights"] = list(tree["aggregation"]["weights"])
+    if "protocol" in overrides and overrides["protocol"] != tree["protocol"]:
+        tree = _protocol_defaults(tree, overrides["protocol"], overrides)
     try:
         return _from_tree(_merge(tree, overrides, "overrides")).validate()
     except TypeError as exc:
         raise ConfigError(f"invalid config: {exc}") from None
 
 
+def _protocol_defaults(tree: dict, name, *given: dict) -> dict:
+    """``tree`` with the protocol's published decoding and pixel defaults, for the
+    generation keys that no config file or flag set."""
+    if not isinstance(name, str):
+        raise ConfigError(f"protocol must be a name, not {name!r}")
+    protocol = get_protocol(name)
+    explicit = {key for source in given for key in (source.get("generation") or {})}
+    generation = dict(tree["generation"])
+    generation.update({k: v for k, v in protocol.generation.items() if k not in explicit})
+    tree = {**tree, "generation": generation}
+    if protocol.model and not any("model" in source for source in given) and tree["model"] == DEFAULT_MODEL:
+        tree["model"] = protocol.model  # e.g. t2i-spatial: a Qwen-VL instruct model, not SpatialReward-8B
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> JudgeConfig:
     """Defaults from ``templates/config.yaml``, then the YAML file at ``path``,
     then ``overrides`` (a nested dict of the same shape, e.g. from flags)."""
     tree = _default_tree()
+    user = None
     if path is not None:
         path = Path(path)
         try:
@@ -192,6 +233,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             tree = _merge(tree, user, str(path))
     if overrides:
         tree = _merge(tree, overrides, "command line")
+    if tree.get("protocol", DEFAULT_PROTOCOL) != DEFAULT_PROTOCOL:
+        tree = _protocol_defaults(tree, tree["protocol"], user or {}, overrides or {})
     try:
         return _from_tree(tree).validate()
     except TypeError as exc:  # e.g. weights not a list

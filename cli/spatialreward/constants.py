@@ -22,6 +22,15 @@ _MAX_IMAGE_PIXELS_RAW = os.environ.get(MAX_IMAGE_PIXELS_ENV)
 
 # Qwen3-VL refuses images whose long side is more than this many times the short side.
 MAX_ASPECT_RATIO = 200
+MAX_SOURCES = 8  # source images of one edit (multi-reference editing)
+
+# Where the reward client finds ``spatialreward serve`` when it is given no
+# address: this variable (a URL, or host:port), else the released reward
+# server's default, which is also `serve`'s default port.
+SERVER_URL_ENV = "SPATIALREWARD_URL"
+SERVER_URL = os.environ.get(SERVER_URL_ENV, "").strip() or None
+DEFAULT_SERVE_HOST = "127.0.0.1"
+DEFAULT_SERVE_PORT = 23456
 
 # Print full tracebacks instead of one-line messages.
 DEBUG = os.environ.get("SPATIALREWARD_DEBUG", "").lower() not in ("", "0", "false", "no")

@@ -38,6 +38,11 @@ class EngineError(SpatialRewardError):
     API key, engine not installed)."""
 
 
+class TorchPairError(EngineError):
+    """The installed torch and torchvision are not a matching pair (e.g. a CPU
+    torch with a CUDA-linked torchvision): torchvision's operators do not load."""
+
+
 class OutputConflictError(SpatialRewardError):
     """The output file holds records that cannot be resumed under this config,
     or another run is writing it."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -150,24 +151,93 @@ def lock_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.lock")
 
 
-@contextlib.contextmanager
-def exclusive(output: Path):
-    """Hold ``output`` for one run: a second run on the same results file stops
-    at once with a clear message instead of interleaving its records."""
+# Locks this process holds: lock file -> [FileLock, owning thread, depth]. A
+# command holds its outputs for its whole run and may call code that takes the
+# same lock again (``bench`` -> ``runner.run``): that nests; any other holder,
+# another process or another thread of this one, is refused.
+_HELD: dict[str, list] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _conflict(flag: str, path: Path) -> OutputConflictError:
+    return OutputConflictError(
+        f"{path}: another spatialreward run is writing this file; wait for it to finish or write to another {flag}")
+
+
+def _acquire(flag: str, path: Path) -> str:
     from filelock import FileLock, Timeout
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_path(output)), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise OutputConflictError(
-            f"{output}: another spatialreward run is writing this file; wait for it to finish or write to another -o"
-        ) from None
-    try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = str(lock_path(Path(os.path.realpath(path))))  # one lock whatever the spelling (links, relative paths)
+    me = threading.get_ident()
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is not None:
+            if held[1] != me:
+                raise _conflict(flag, path)
+            held[2] += 1
+            return key
+        lock = FileLock(key, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise _conflict(flag, path) from None
+        _HELD[key] = [lock, me, 1]
+        return key
+
+
+def _release(key: str) -> None:
+    with _HELD_GUARD:
+        held = _HELD[key]
+        held[2] -= 1
+        if held[2] == 0:
+            del _HELD[key]
+            held[0].release()
+
+
+@contextlib.contextmanager
+def exclusive(*outputs: Path | str | tuple[str, Path | str | None] | None):
+    """Hold output files for one run; every command that creates, truncates or
+    rewrites a results file, a summary or a report takes this lock first.
+
+    Each output is a path, or ``(flag, path)`` as for ``refuse_overwriting``
+    (the flag goes into the message; a bare path is ``-o``); ``None`` is
+    skipped. The lock is ``.NAME.lock`` beside each file (``lock_path``), held
+    until the block ends. A file another run holds (another process, or
+    another thread of this one) is refused at once with ``OutputConflictError``
+    naming it (exit 3), before anything is written; the locks already taken are
+    let go. Nested use by the same thread re-enters."""
+    with contextlib.ExitStack() as stack:
+        for output in outputs:
+            flag, path = output if isinstance(output, tuple) else ("-o", output)
+            if path is None:
+                continue
+            stack.callback(_release, _acquire(flag, Path(path)))
         yield
+
+
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write a whole new file to; renamed
+    over ``path`` when the block completes, removed when it fails: readers see
+    the old file or the new one, never part of one, and a failed run leaves the
+    old file as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)  # left by a killed run
+    try:
+        yield tmp
+        os.replace(tmp, path)
     finally:
-        lock.release()
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) as the whole of ``path``, through ``replacing``."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def refuse_overwriting(outputs, inputs) -> None:

@@ -63,8 +63,15 @@ def resize_for_model(image: Image.Image, generation) -> Image.Image:
         return image
     import numpy as np
     import torch
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as tvF
+
+    from .torch_pair import raise_if_mismatch
+
+    try:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as tvF
+    except Exception as exc:  # noqa: BLE001 - a torch/torchvision mismatch: one line (TorchPairError)
+        raise_if_mismatch(exc)
+        raise
 
     # As the processor does: HWC uint8 array -> contiguous CHW uint8 tensor ->
     # bicubic antialiased resize (uint8 in, uint8 out on the CPU).
@@ -87,3 +94,34 @@ def context_needed(generation) -> tuple[int, int]:
     two images at ``max_pixels``, about PROMPT_TOKENS of text, ``max_new_tokens``."""
     per_image = generation.max_pixels // (FACTOR * FACTOR)
     return 2 * per_image + PROMPT_TOKENS + generation.max_new_tokens, per_image
+
+
+def qwen_vl_utils_size(height: int, width: int, *, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) ``qwen_vl_utils.fetch_image`` resizes an image to: its own
+    ``smart_resize``, which differs from the processor's in one detail (each
+    rounded side is at least ``factor`` before the budget is applied)."""
+    if min(height, width) <= 0:
+        raise ValueError(f"image size must be positive, not {width}x{height}")
+    if max(height, width) / min(height, width) > MAX_RATIO:
+        raise ValueError(f"aspect ratio must be below {MAX_RATIO}, not {max(height, width) / min(height, width):.1f}")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def qwen_vl_utils_resize(image: Image.Image, *, factor: int, min_pixels: int, max_pixels: int) -> Image.Image:
+    """``image`` as ``qwen_vl_utils.process_vision_info`` hands it on (the released
+    reward server's step before the model's processor): Pillow's bicubic resize
+    (``Image.resize``'s default) to ``qwen_vl_utils_size``."""
+    h, w = qwen_vl_utils_size(image.height, image.width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    if (w, h) == image.size:
+        return image
+    return image.resize((w, h), Image.Resampling.BICUBIC)

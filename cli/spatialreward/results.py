@@ -1,12 +1,17 @@
 """Reading a results file, in one place for every command that reads one.
 
-A valid results file (what ``judge`` and ``rescore`` write; README "Record format"):
+A valid results file (what ``judge`` and ``rescore`` write; docs/manifests-and-records.md "Record format"):
 
 - UTF-8 JSON Lines: one JSON object per line, blank lines ignored, no NaN or
   Infinity;
 - each object a record: a string ``id`` and ``status`` ``"ok"`` (with a
   ``reward`` in [0, 1], numbers for ``overall``, ``sc`` and ``pq``, and the four
   raw ``scores``) or ``"error"`` (with an ``error`` object);
+- a text-to-image record (``"kind": "t2i"``, protocol ``t2i-spatial``; no
+  ``kind`` is an edit) has, when ok, a ``reward`` in [0, 1], ``scores``
+  ``spatial`` and ``presence`` in 0..25, null ``overall``/``sc``/``pq`` (edit
+  metrics it does not have), ``objects`` and ``relations`` lists and a ``t2i``
+  object (the reward's parts); see ``t2i_problem``;
 - the candidates of a multi-candidate edit share ``group`` and are
   consecutive, ``group_size`` of them (the judge writes a group whole, ranked,
   in one write). A record without ``group`` stands alone.
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 from .aggregate import DIMENSIONS
+from .constants import BBOX_RANGE, SCORE_RANGE
 from .errors import ScoresFileError
 from .numbers import is_number
 
@@ -76,13 +82,33 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not a valid number")
 
 
+EDIT_KIND, T2I_KIND = "edit", "t2i"
+T2I_SCORES = ("spatial", "presence")
+DECIDED_BY = ("geometry", "model", "none")
+
+
+def record_kind(record: dict) -> str:
+    """``"t2i"`` for a text-to-image record (``"kind": "t2i"``), else ``"edit"``
+    (edit records carry no ``kind``)."""
+    return T2I_KIND if record.get("kind") == T2I_KIND else EDIT_KIND
+
+
+def is_t2i(record: dict) -> bool:
+    return record.get("kind") == T2I_KIND
+
+
 def record_problem(record: Any) -> str | None:
     """Why ``record`` is not a valid record of a results file, or None."""
     if not isinstance(record, dict):
         return "not a JSON object"
     if not isinstance(record.get("id"), str):
         return "no 'id'"
+    kind = record.get("kind", EDIT_KIND)
+    if kind not in (EDIT_KIND, T2I_KIND):
+        return f"kind must be 't2i' (or absent: an edit), not {kind!r}"
     status = record.get("status")
+    if status == "ok" and kind == T2I_KIND:
+        return t2i_problem(record)
     if status == "ok":
         if not is_number(record.get("reward")) or not 0 <= record["reward"] <= 1:
             return "ok record without a reward in [0, 1]"
@@ -96,6 +122,57 @@ def record_problem(record: Any) -> str | None:
     if status == "error":
         return None if isinstance(record.get("error"), dict) else "error record without an 'error' object"
     return f"status must be 'ok' or 'error', not {status!r}"
+
+
+def _is_bool_or_none(value) -> bool:
+    return value is None or isinstance(value, bool)
+
+
+def t2i_problem(record: dict) -> str | None:
+    """Why an ok t2i record is not valid, or None: ``reward`` in [0, 1];
+    ``scores`` with ``spatial`` and ``presence`` numbers in 0..25; ``overall``,
+    ``sc`` and ``pq`` null (a t2i record has none: a number there would let an
+    edit metric pass for it); ``objects`` a list of {label: string, bbox_2d:
+    null or four numbers in 0..1000}; ``relations`` a list of {subject,
+    relation, object: strings; model, geometry, agree: boolean or null;
+    decided_by: geometry, model or none}; ``t2i`` an object whose
+    ``verified_fraction`` is null or in [0, 1]."""
+    if not is_number(record.get("reward")) or not 0 <= record["reward"] <= 1:
+        return "ok t2i record without a reward in [0, 1]"
+    for key in ("overall", "sc", "pq"):
+        if record.get(key) is not None:
+            return f"t2i record with an edit metric {key!r} (must be null)"
+    scores = record.get("scores")
+    if not isinstance(scores, dict) or not all(
+            is_number(scores.get(name)) and 0 <= scores[name] <= SCORE_RANGE for name in T2I_SCORES):
+        return f"ok t2i record without scores 'spatial' and 'presence' in 0..{SCORE_RANGE:g}"
+    objects = record.get("objects")
+    if not isinstance(objects, list):
+        return "ok t2i record without an 'objects' list"
+    for index, item in enumerate(objects):
+        if not isinstance(item, dict) or not isinstance(item.get("label"), str):
+            return f"t2i objects[{index}] is not an object with a string 'label'"
+        box = item.get("bbox_2d")
+        if box is not None and not (isinstance(box, list) and len(box) == 4
+                                    and all(is_number(v) and 0 <= v <= BBOX_RANGE for v in box)):
+            return f"t2i objects[{index}].bbox_2d is neither null nor four numbers in 0..{BBOX_RANGE}"
+    relations = record.get("relations")
+    if not isinstance(relations, list):
+        return "ok t2i record without a 'relations' list"
+    for index, item in enumerate(relations):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("subject", "relation", "object")):
+            return f"t2i relations[{index}] is not an object with string subject, relation and object"
+        if not all(_is_bool_or_none(item.get(k)) for k in ("model", "geometry", "agree")):
+            return f"t2i relations[{index}]: model, geometry and agree must be true, false or null"
+        if item.get("decided_by") not in DECIDED_BY:
+            return f"t2i relations[{index}].decided_by must be one of {', '.join(DECIDED_BY)}"
+    parts = record.get("t2i")
+    if not isinstance(parts, dict):
+        return "ok t2i record without its 't2i' object (the reward's parts)"
+    fraction = parts.get("verified_fraction")
+    if fraction is not None and not (is_number(fraction) and 0 <= fraction <= 1):
+        return "t2i.verified_fraction must be null or in [0, 1]"
+    return None
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator
 
 from .errors import StrictStop
 from .judge import Judge
-from .output import RecordWriter, ResumeState, exclusive, prepare, summary_path
+from .output import RecordWriter, ResumeState, exclusive, prepare, summary_path, write_atomic
 from .records import rank_group
 from .results import Unit, id_key, walk_units
 from .sample import Sample
@@ -114,7 +114,7 @@ def _run(judge: Judge, samples: Iterable[Sample], output: Path | None, *, overwr
     else:  # the whole file: records of earlier (resumed) runs count too
         summary = summarize_file(output, judge.config.threshold)
         summary_file = summary_path(output)
-        summary_file.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_atomic(summary_file, json.dumps(summary, indent=2) + "\n")
     return RunReport(summary=summary, written=written, skipped=skipped, resume=resume, summary_file=summary_file)
 
 

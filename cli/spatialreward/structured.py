@@ -170,8 +170,39 @@ def pq_schema(bounds: Bounds) -> dict:
     }
 
 
+MAX_T2I_OBJECTS = 12
+MAX_T2I_RELATIONS = 12
+
+
+def t2i_schema(bounds: Bounds) -> dict:
+    """The t2i-spatial answer (``spatialreward.t2i``): objects with a box or null,
+    relations with a boolean verdict, reasoning, two scores."""
+    coordinate = {"type": "integer", "minimum": 0, "maximum": BBOX_RANGE}
+    box = {"anyOf": [{"type": "array", "items": coordinate, "minItems": 4, "maxItems": 4}, {"type": "null"}]}
+    label = _string(bounds.label_chars)
+    obj = {"type": "object", "properties": {"label": label, "bbox_2d": box},
+           "required": ["label", "bbox_2d"], "additionalProperties": False}
+    relation = {"type": "object",
+                "properties": {"subject": label, "relation": _string(32), "object": label, "holds": {"type": "boolean"}},
+                "required": ["subject", "relation", "object", "holds"], "additionalProperties": False}
+    reasoning = max(MIN_STRING_CHARS, bounds.pq_reasoning_chars // 3)
+    return {
+        "type": "object",
+        "properties": {
+            "objects": {"type": "array", "items": obj, "maxItems": MAX_T2I_OBJECTS},
+            "relations": {"type": "array", "items": relation, "maxItems": MAX_T2I_RELATIONS},
+            "reasoning": _string(reasoning),
+            "score": _score(),
+        },
+        "required": ["objects", "relations", "reasoning", "score"],
+        "additionalProperties": False,
+    }
+
+
 def schema_for(kind: str, max_new_tokens: int, chars_per_token: float = CHARS_PER_TOKEN) -> dict:
     bounds = bounds_for(max_new_tokens, chars_per_token)
+    if kind == "t2i":
+        return t2i_schema(bounds)
     return sc_schema(bounds) if kind == "sc" else pq_schema(bounds)
 
 

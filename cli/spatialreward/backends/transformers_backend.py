@@ -13,6 +13,7 @@ from ..config import Generation
 from ..errors import ConfigError, ModelNotFoundError
 from ..requests import Request
 from ..structured import schema_for
+from ..torch_pair import check_torch_pair, raise_if_mismatch
 from .base import Answer
 
 log = logging.getLogger("spatialreward")
@@ -28,9 +29,23 @@ def resolve_device(device: str) -> str:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine")
-    if device == "cpu":
-        log.warning("running on the CPU: expect minutes per edit with an 8B model (use a GPU: --device cuda)")
     return device
+
+
+# Below this many parameters a model runs on the CPU in seconds per edit (the
+# tiny test models have ~0.1M): no warning.
+CPU_WARNING_PARAMETERS = 1_000_000_000
+
+
+def warn_if_slow_on_cpu(net, device: str) -> None:
+    """On the CPU, warn that each edit takes minutes, only when the model is
+    big enough for that to be true (its actual parameter count)."""
+    if device != "cpu":
+        return
+    count = sum(p.numel() for p in net.parameters())
+    if count >= CPU_WARNING_PARAMETERS:
+        log.warning(f"running on the CPU: expect minutes per edit with a {count / 1e9:.1f}B-parameter model "
+                    "(use a GPU: --device cuda)")
 
 
 def resolve_dtype(dtype: str, device: str):
@@ -139,6 +154,7 @@ class TransformersBackend:
         local_only = locate_model(model, revision)  # first: a missing model is said in seconds
         device = resolve_device(device)
         torch_dtype, dtype_name = resolve_dtype(dtype, device)
+        check_torch_pair()  # a torch/torchvision mismatch in one line, not transformers' traceback
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         try:
@@ -150,10 +166,12 @@ class TransformersBackend:
         except (OSError, ValueError, KeyError) as exc:
             raise _not_found(model, revision, exc) from exc
         except Exception as exc:  # huggingface_hub errors that are not OSErrors
+            raise_if_mismatch(exc)
             if exc.__class__.__module__.startswith(("huggingface_hub", "requests", "httpx")):
                 raise _not_found(model, revision, exc) from exc
             raise
         net.eval()
+        warn_if_slow_on_cpu(net, device)
         return cls(net, processor, model_id=model, device=device, dtype=dtype_name,
                    fingerprint=model_fingerprint(model, revision))
 

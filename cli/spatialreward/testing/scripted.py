@@ -15,7 +15,10 @@ answers from a script, chosen per request by, in order of precedence:
   19; an instruction without one: a digest of its text), overediting 20; PQ
   naturalness = ``echo_pq(edited image)`` (from its pixel digest), artifacts 20;
 - ``constrained``: ``{"sc": TEXT, "pq": TEXT}`` for grammar-constrained calls;
-- ``answers``: ``{"sc": TEXT, "pq": TEXT}``, the defaults.
+- ``t2i_ground``: ``true`` answers t2i-spatial requests as a perfect grounding
+  model would for the generated scenes of ``testing.scenes`` (objects found by
+  their colour in the pixels, boxes, relations from the boxes, scores);
+- ``answers``: ``{"sc": TEXT, "pq": TEXT, "t2i": TEXT}``, the defaults.
 
 A text ``"!raise MESSAGE"`` makes ``generate()`` raise for that request's
 batch. ``"delay_s": SECONDS`` makes each ``generate()`` call sleep that long
@@ -113,6 +116,11 @@ class ScriptedBackend:
         found = script.get("by_image", {}).get(image_digest(request.images[-1]), {}).get(request.kind)
         if found is not None:
             return found
+        if request.kind == "t2i" and script.get("t2i_ground"):
+            from .scenes import ground_from_pixels
+
+            prompt = request.prompt.rsplit("Text-to-image prompt: ", 1)[-1].removesuffix("\n")
+            return ground_from_pixels(request.images[-1], prompt)
         if script.get("scores_from_image"):
             return hashed_answer(request.kind, request.images[-1])
         if script.get("echo"):
