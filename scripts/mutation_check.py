@@ -25,6 +25,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 GUARDS = ["tests/test_fidelity.py", "tests/test_prompts.py"]
+T2I_GUARDS = ("tests/test_t2i_unit.py::test_template_pinned", "tests/test_t2i_judge.py")
+PROTOCOL_GUARDS = ("tests/test_protocols.py::test_reward_server_sc_prompt_golden_hash",
+                   "tests/test_protocols.py::test_multi_image_sc_prompt_golden_hash",
+                   "tests/test_protocols.py::test_three_sources_in_order_then_the_edited_image")
 
 
 @dataclass(frozen=True)
@@ -33,13 +37,15 @@ class Mutation:
     path: str
     old: str
     new: str
+    tests: tuple = ()  # the tests that guard it (default: GUARDS)
 
 
 MUTATIONS = [
     Mutation("sc-images-swapped", "cli/spatialreward/requests.py",
              "Request(SC, (source, edited), ", "Request(SC, (edited, source), "),
     Mutation("pq-judges-the-source", "cli/spatialreward/judge.py",
-             "return pq_request(edited, seed=seed)", "return pq_request(source, seed=seed)"),
+             "return pq_request(edited, seed=seed, protocol=protocol)",
+             "return pq_request(source, seed=seed, protocol=protocol)"),
     Mutation("no-generation-prompt", "cli/spatialreward/backends/transformers_backend.py",
              "add_generation_prompt=True", "add_generation_prompt=False"),
     Mutation("pixel-budget-dropped", "cli/spatialreward/backends/transformers_backend.py",
@@ -48,15 +54,39 @@ MUTATIONS = [
              "content = [{\"type\": \"image\"} for _ in self.images]\n        content.append({\"type\": \"text\", \"text\": self.prompt})",
              "content = [{\"type\": \"text\", \"text\": self.prompt}]\n        content += [{\"type\": \"image\"} for _ in self.images]"),
     Mutation("instruction-not-stripped", "cli/spatialreward/judge.py",
-             "sample.instruction.strip(), seed=seed", "sample.instruction, seed=seed"),
+             "sc_request(source, edited, sample.instruction.strip(), seed=seed",
+             "sc_request(source, edited, sample.instruction, seed=seed"),
     Mutation("pq-prompt-one-space", "templates/prompts/pq.txt", "{{\n", "{{ \n"),
     Mutation("sc-prompt-one-space", "templates/prompts/sc.txt",
              "Editing instruction: {instruction}", "Editing instruction:  {instruction}"),
+    # The other published protocols (tests/test_protocols.py).
+    Mutation("reward-server-prompt-one-space", "templates/prompts/sc_reward_server.txt",
+             "Editing instruction: \n{instruction}", "Editing instruction:\n{instruction}", PROTOCOL_GUARDS),
+    Mutation("multi-image-prompt-one-space", "templates/prompts/sc_multi_image.txt",
+             "The first {num_input_images} images", "The first  {num_input_images} images", PROTOCOL_GUARDS),
+    Mutation("multi-sources-after-the-edited-image", "cli/spatialreward/requests.py",
+             "Request(SC, (*sources, edited), ", "Request(SC, (edited, *sources), ", PROTOCOL_GUARDS),
+    Mutation("multi-image-prompt-not-used", "cli/spatialreward/requests.py",
+             "render_sc(instruction, protocol, len(sources))", "render_sc(instruction, protocol)", PROTOCOL_GUARDS),
+    Mutation("reward-server-images-not-resized-first", "cli/spatialreward/judge.py",
+             "pre_resize=pre_resize)", "pre_resize=None)", PROTOCOL_GUARDS),
+    # Text-to-image spatial judging (t2i-spatial; tests/test_t2i_*.py).
+    Mutation("t2i-image-dropped", "cli/spatialreward/requests.py",
+             "Request(T2I, (image,), render_t2i(prompt), seed)", "Request(T2I, (), render_t2i(prompt), seed)",
+             T2I_GUARDS),
+    Mutation("t2i-prompt-not-given", "cli/spatialreward/judge.py",
+             "t2i_request(edited, sample.instruction.strip(), seed=seed)", "t2i_request(edited, '', seed=seed)",
+             T2I_GUARDS),
+    Mutation("t2i-prompt-one-space", "templates/prompts/t2i_spatial.txt",
+             "Text-to-image prompt: {prompt}", "Text-to-image prompt:  {prompt}", T2I_GUARDS),
+    Mutation("t2i-geometry-ignored", "cli/spatialreward/judge.py",
+             "result.verdicts = verify(first, relations, image_size=result.edited_size)",
+             "result.verdicts = verify(first, relations, image_size=None)", T2I_GUARDS),
 ]
 
 
 def copy_tree(dest: Path) -> None:
-    for name in ("cli", "templates", "tests", "pyproject.toml", "README.md"):
+    for name in ("cli", "templates", "tests", "docs", "pyproject.toml", "README.md"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -88,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="spatialreward-mutation-") as tmp:
         base = Path(tmp) / "base"
         copy_tree(base)
-        code, seconds, last = run_tests(base, GUARDS)
+        extra = sorted({t for m in chosen for t in m.tests})
+        code, seconds, last = run_tests(base, GUARDS + extra)
         print(f"{'baseline (no mutation)':32} {'passes' if code == 0 else 'FAILS'}  {seconds:5.1f}s  {last}")
         if code != 0:
             print("the unmutated code fails its tests: fix that first", file=sys.stderr)
@@ -103,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{m.name}: the code to mutate is not found exactly once in {m.path}", file=sys.stderr)
                 return 1
             target.write_bytes(text.replace(m.old, m.new).encode("utf-8"))
-            code, seconds, last = run_tests(root, GUARDS)
+            code, seconds, last = run_tests(root, list(m.tests) or GUARDS)
             caught = code == 1  # 1: tests ran and failed (2+ would be a broken run, not a catch)
             print(f"{m.name:32} {'caught' if caught else 'SURVIVED (exit %d)' % code}  {seconds:5.1f}s  {last}")
             if not caught:

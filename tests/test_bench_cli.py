@@ -96,7 +96,9 @@ def test_mer_bench_from_disk_and_from_parquet(data, tmp_path):
                 for g in groups.values() if all(r["status"] == "ok" for r in g))
     assert overall["exact_match"] == pytest.approx(right / 6)
     assert overall["exact_match_all"] == pytest.approx(right / 9)
-    assert metrics["primary"] == {"name": "exact_match", "value": overall["exact_match"]}
+    assert metrics["primary"] == {"name": "exact_match", "value": overall["exact_match"], "variant": "strict"}
+    assert metrics["strict"]["overall"] == overall and metrics["metrics"] == ["published", "strict"]
+    assert "| **all** | published | 9 | 6 |" in result.stdout and "|  | strict | 9 | 6 |" in result.stdout
 
     # images: written once (content-addressed), byte for byte, decoding to the pixels of the dataset's photo
     images = sorted((out / "images").iterdir())
@@ -116,6 +118,113 @@ def test_mer_bench_from_disk_and_from_parquet(data, tmp_path):
     assert result.stderr == ""  # -q: no messages
     # the user's copies are read in place: no cache file or converted copy written into them
     assert {k: _files(data[k]) for k in before} == before
+
+
+A, B = (7, 5, 5, 5), (5, 8, 5, 5)  # one reward once rounded; A above B by one bit in the authors' arithmetic
+
+
+def _answers(scores) -> dict:
+    s1, s2, n, a = scores
+    return {"sc": json.dumps({"edit_region": [], "reasoning": "scripted", "score": [s1, s2]}),
+            "pq": json.dumps({"reasoning": "scripted", "score": [n, a]})}
+
+
+def _published_by_hand(groups: list[list[dict]]) -> dict:
+    """The authors' arithmetic, written out here: the overall from the raw scores, unrounded; a stable
+    sort (ties keep the experts' order); tau and rho of the resulting permutation."""
+    sums = {"exact_match": 0.0, "top1": 0.0, "kendall_tau": 0.0, "spearman_rho": 0.0}
+    for group in groups:
+        overall = [(0.6 * s["success"] / 2.5 + 0.4 * s["overediting"] / 2.5) ** 0.8
+                   * (0.5 * s["naturalness"] / 2.5 + 0.5 * s["artifacts"] / 2.5) ** (1 - 0.8)
+                   for s in (r["scores"] for r in group)]
+        n = len(overall)
+        order = sorted(range(n), key=lambda i: -overall[i])  # Python's sort is stable
+        position = [order.index(i) for i in range(n)]
+        pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        concordant = sum(position[i] < position[j] for i, j in pairs)
+        sums["exact_match"] += order == list(range(n))
+        sums["top1"] += order[0] == 0
+        sums["kendall_tau"] += (concordant - (len(pairs) - concordant)) / len(pairs)
+        sums["spearman_rho"] += 1 - 6 * sum((position[i] - i) ** 2 for i in range(n)) / (n * (n * n - 1))
+    return {k: v / len(groups) for k, v in sums.items()}
+
+
+def test_mer_bench_prints_both_variants_and_published_breaks_ties(data, tmp_path):
+    """Every candidate answered alike (all-tie groups), but chelsea's first two edits score A and B: equal
+    rewards, one bit apart for the authors. Published: ties in the experts' order, the bit decides; strict:
+    every tie wrong."""
+    from spatialreward.testing.scripted import image_digest
+
+    chelsea = bf.edits("chelsea")
+    model = tmp_path / "ties.json"
+    model.write_text(json.dumps({"by_instruction": {BROKEN: {"sc": "no json here"}},
+                                 "by_image": {image_digest(chelsea[1]): _answers(A),
+                                              image_digest(chelsea[2]): _answers(B)}}))
+    out = tmp_path / "ties"
+    result = bench("mer-bench", "--data", data["mer_disk"], "-o", out, "--backend", "scripted", "--model", model)
+    assert result.exit_code == 0, result.stderr
+    records = read_jsonl(out / "scores.jsonl")
+    by_id = {r["id"]: r for r in records}
+    assert by_id["2pair/chelsea-2#0"]["scores"] == dict(zip(("success", "overediting", "naturalness", "artifacts"), A))
+    assert by_id["2pair/chelsea-2#0"]["reward"] == by_id["2pair/chelsea-2#1"]["reward"]
+    groups: dict[str, list] = {}
+    for r in records:
+        groups.setdefault(r["group"], []).append(r)
+    judged = [g for g in groups.values() if all(r["status"] == "ok" for r in g)]
+    assert len(judged) == 6 and all(len({r["reward"] for r in g}) < len(g) for g in judged)  # every group ties
+    metrics = json.loads((out / "metrics.json").read_text())
+    published, strict = metrics["published"]["overall"], metrics["strict"]["overall"]
+    expected = _published_by_hand(judged)
+    for name, value in expected.items():
+        assert published[name] == pytest.approx(value, abs=1e-12), name
+    # coffee's three groups tie throughout: right for them; chelsea-2 [A, B] right by one bit;
+    # chelsea-3 and -4 put the default answer (the highest) after A and B: wrong in both
+    assert published["exact_match"] == pytest.approx(4 / 6) and published["top1"] == pytest.approx(4 / 6)
+    assert strict["exact_match"] == 0.0 and strict["top1"] == 0.0  # every group ties: all wrong
+    assert metrics["by_split"]["2pair"] == metrics["strict"]["by_split"]["2pair"]
+    assert metrics["published"]["by_split"]["2pair"]["exact_match"] == 1.0
+    # both printed side by side, with what each means
+    assert f"| **all** | published | 9 | 6 | {published['exact_match']:.3f} | {published['top1']:.3f} |" in result.stdout
+    assert "|  | strict | 9 | 6 | 0.000 | 0.000 |" in result.stdout
+    assert "published: the authors' definitions" in result.stdout and "strict: from the recorded" in result.stdout
+
+    # --from: the same figures, or one variant
+    result = bench("mer-bench", "--from", out / "scores.jsonl", "-o", tmp_path / "again")
+    assert result.exit_code == 0, result.stderr
+    again = json.loads((tmp_path / "again/metrics.json").read_text())
+    assert again["published"] == metrics["published"] and again["strict"] == metrics["strict"]
+    result = bench("mer-bench", "--from", out / "scores.jsonl", "--metrics", "published", "-o", tmp_path / "p")
+    assert result.exit_code == 0, result.stderr
+    only = json.loads((tmp_path / "p/metrics.json").read_text())
+    assert only["metrics"] == ["published"] and "strict" not in only and "overall" not in only
+    assert only["published"] == metrics["published"]
+    assert "| published |" in result.stdout and "| strict |" not in result.stdout
+    result = bench("mer-bench", "--from", out / "scores.jsonl", "--metrics", "strict", "-o", tmp_path / "s")
+    assert result.exit_code == 0, result.stderr
+    only = json.loads((tmp_path / "s/metrics.json").read_text())
+    assert only["metrics"] == ["strict"] and "published" not in only and only["overall"] == strict
+    assert "| published |" not in result.stdout
+    # rescored with another aggregation, the published figures recombine the raw scores the same way
+    result = bench("mer-bench", "--from", out / "scores.jsonl", "--weights", "0,1,0.5,0.5", "-o", tmp_path / "w")
+    assert result.exit_code == 0, result.stderr
+    rescored = json.loads((tmp_path / "w/metrics.json").read_text())
+    assert rescored["published_aggregation"]["weights"] == [0.0, 1.0, 0.5, 0.5]
+    assert rescored["published"]["by_split"]["2pair"]["exact_match"] == pytest.approx(1 / 2)  # B's 8 beats A's 5
+    # --from a run scored with another aggregation, without saying which: the published figures refuse
+    result = bench("mer-bench", "--from", out / "scores.jsonl", "--config", _config(tmp_path, alpha=0.5),
+                   "-o", tmp_path / "c")
+    assert result.exit_code == 3 and "another aggregation than alpha 0.5" in result.stderr
+    result = bench("mer-bench", "--from", out / "scores.jsonl", "--config", _config(tmp_path, alpha=0.5),
+                   "--metrics", "strict", "-o", tmp_path / "c")
+    assert result.exit_code == 0, result.stderr
+
+
+def _config(tmp_path: Path, **aggregation) -> Path:
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"aggregation": aggregation}))
+    return path
 
 
 def test_split_and_limit(data, tmp_path):
@@ -160,7 +269,13 @@ def test_editreward_bench_judges_each_distinct_output_once(data, tmp_path):
     assert result.exit_code == 0 and metrics_of(tmp_path / "disk") == metrics_of(out)
 
 
-def test_mmrb2_edit_multi_source_rows_judged_with_the_first_and_counted(data, tmp_path):
+def test_mmrb2_edit_multi_source_rows_judged_with_all_their_sources(data, tmp_path):
+    """A row with two source images is judged with both, in order, then the
+    edited image, under the multi-image SC prompt (as the MMRB2 evaluation)."""
+    from PIL import Image
+
+    from spatialreward.prompts import render_sc
+
     out = tmp_path / "mm"
     result = bench("mmrb2-edit", "--data", data["mmrb2"], "-o", out, "--split", "test", "--backend", "scripted",
                    "--model", script(tmp_path))
@@ -168,19 +283,45 @@ def test_mmrb2_edit_multi_source_rows_judged_with_the_first_and_counted(data, tm
     info = json.loads((out / "bench.json").read_text())
     assert info["items"] == 4 and info["samples"] == 8 and info["multi_source"] == 1
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["multi_source_rows"] == 1 and metrics["multi_source"]["units"] == 1
-    assert "rows with more than one source image: 1 (judged with the first" in result.stdout
+    assert metrics["multi_source_rows"] == 1 and "multi_source" not in metrics and "single_source" not in metrics
+    assert "rows with more than one source image: 1 (judged with all of them, in order)" in result.stdout
+    assert "judged with the first" not in result.stdout
     assert "73.8" in result.stdout and "Qwen3-VL-8B" in result.stdout
     records = {r["id"]: r for r in read_jsonl(out / "scores.jsonl")}
     items = read_jsonl(out / "items.jsonl")
     right = [records[i["better"]]["reward"] > records[i["worse"]]["reward"] for i in items]
     assert metrics["overall"]["accuracy"] == pytest.approx(sum(right) / 4)
     multi = next(i for i in items if i["sources"] == 2)
-    source = records[multi["better"]]["source"]
-    from PIL import Image
+    for side in ("better", "worse"):
+        record = records[multi[side]]
+        assert record["status"] == "ok" and isinstance(record["source"], list) and len(record["source"]) == 2
+        for path, photo in zip(record["source"], ("coffee", "astronaut")):  # the row's sources, in order
+            with Image.open(path) as image:
+                assert image.convert("RGB").tobytes() == bf.edits(photo)[0].tobytes()
+    single = next(i for i in items if i["sources"] == 1)
+    assert isinstance(records[single["better"]]["source"], str)
+    # the same run through the Python API sees both sources, then the edited image, and the multi-image prompt
+    from spatialreward.bench.data import load_splits
+    from spatialreward.bench import mmrb2
+    from spatialreward.bench.data import ImageStore
 
-    with Image.open(source) as image:  # the first source image of the row
-        assert image.convert("RGB").tobytes() == bf.edits("coffee")[0].tobytes()
+    rows = load_splits(str(data["mmrb2"]), hub_id=mmrb2.HUB_ID, config=mmrb2.CONFIG, splits=["test"],
+                       default_splits=mmrb2.SPLITS)
+    prepared = mmrb2.prepare(rows, ImageStore(tmp_path / "images"), None)
+    sample = next(s for s in prepared.samples if isinstance(s.source, list))
+    assert len(sample.source) == 2
+    from spatialreward.config import load_config
+    from spatialreward.judge import Judge
+    from spatialreward.testing.scripted import ScriptedBackend, image_digest
+
+    backend = ScriptedBackend({"scores_from_image": True})
+    with Judge(backend, load_config()) as judge:
+        assert judge.score_many([sample]).__next__().ok
+    [sc] = [r for c in backend.calls for r in c["requests"] if r.kind == "sc"]
+    assert sc.prompt == render_sc(sample.instruction, "eval", 2)
+    assert [image_digest(i) for i in sc.images] == [
+        image_digest(bf.edits("coffee")[0]), image_digest(bf.edits("astronaut")[0]),
+        image_digest(Image.open(sample.edited).convert("RGB"))]
 
 
 def test_from_and_search_without_the_model(data, tmp_path):

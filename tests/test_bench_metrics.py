@@ -183,5 +183,171 @@ def test_mmrb2_accuracy_by_source_and_multi_source_rows():
     assert m["overall"]["accuracy"] == approx(1 / 3) and m["overall"]["accuracy_all"] == approx(1 / 4)
     assert m["overall"]["not_judged_by"] == {"missing": 1}
     assert m["by_prompt_source"]["p1"]["accuracy"] == approx(0.5)
-    assert m["multi_source_rows"] == 1 and m["multi_source"]["accuracy"] == 0.0
-    assert m["single_source"]["accuracy"] == approx(0.5) and m["single_source"]["judged"] == 2
+    assert m["multi_source_rows"] == 1  # counted; judged with all their sources, so no split is reported
+    assert "multi_source" not in m and "single_source" not in m
+
+
+# -- the published variant: the authors' code breaks ties -----------------------
+
+from spatialreward.aggregate import Scores, aggregate  # noqa: E402
+from spatialreward.bench import run as bench_run  # noqa: E402
+from spatialreward.bench.metrics import (  # noqa: E402
+    group_metrics_published,
+    index_ranked,
+    published_overall,
+)
+from spatialreward.config import Aggregation, config_hash  # noqa: E402
+from spatialreward.errors import ScoresFileError  # noqa: E402
+from spatialreward.records import reward_fields  # noqa: E402
+
+# Two raw-score tuples whose overall is the same real number (0.6*7 + 0.4*5 = 0.6*5 + 0.4*8 = 6.2),
+# found by a search over 5..25: in the authors' floating-point order they differ in the last bit
+# (A above B); our reward, rounded to 6 decimals, ties them.
+A, B = (7, 5, 5, 5), (5, 8, 5, 5)
+
+
+def raw(values, record_id="x"):
+    """An ok record as the judge writes it: rounded reward and overall, the raw scores."""
+    scores = Scores(*values)
+    return {"id": record_id, "status": "ok", **reward_fields(aggregate(scores, Aggregation())),
+            "scores": scores.to_dict()}
+
+
+def their_overall(s1, s2, n, a):
+    """The published evaluation's expression, written out as it is there."""
+    return (0.6 * s1 / 2.5 + 0.4 * s2 / 2.5) ** 0.8 * (0.5 * n / 2.5 + 0.5 * a / 2.5) ** (1 - 0.8)
+
+
+def test_the_last_bit_pair():
+    a, b = published_overall(raw(A)["scores"]), published_overall(raw(B)["scores"])
+    assert (a, b) == (their_overall(*A), their_overall(*B))
+    assert a > b and math.nextafter(b, math.inf) == a  # one unit in the last place apart
+    assert raw(A)["reward"] == raw(B)["reward"] == 0.237557  # and one reward once rounded
+    assert raw(A)["overall"] == raw(B)["overall"]
+
+
+def test_published_overall_is_the_reward_unrounded_in_their_order():
+    for values in [(25, 25, 25, 25), (0, 10, 3, 17), (12, 18.5, 20, 7)]:
+        assert published_overall(raw(values)["scores"]) == their_overall(*values)
+        assert published_overall(raw(values)["scores"]) == approx(aggregate(Scores(*values), Aggregation()).overall)
+    other = Aggregation("weighted_geometric", (0.3, 0.7, 1.0, 0.0), 0.5)
+    assert published_overall(raw(A)["scores"], other) == (0.3 * 7 / 2.5 + 0.7 * 5 / 2.5) ** 0.5 * (1.0 * 5 / 2.5) ** 0.5
+    mean = Aggregation("mean")  # not in their code: ours, unrounded
+    assert published_overall(raw(B)["scores"], mean) == aggregate(Scores(*B), mean).overall
+    with pytest.raises(ScoresFileError, match="'r1'.*four raw scores"):
+        published_overall({"success": 3}, None, "r1")
+
+
+def test_published_ranks_ties_in_index_order():
+    assert index_ranked([5, 5, 5]) == [3, 2, 1]
+    assert index_ranked([1, 2, 2]) == [1, 3, 2]  # order 1, 2, 0
+    # an all-tie group: the experts' order, so everything is right
+    published, strict = group_metrics_published([5, 5, 5]), group_metrics([5, 5, 5])
+    assert published == {"exact_match": True, "top1": True, "kendall_tau": approx(1), "spearman_rho": approx(1),
+                         "ndcg_published": approx(1)}
+    assert strict["exact_match"] is False and strict["top1"] is False
+    assert strict["kendall_tau"] == 0.0 and strict["spearman_rho"] == 0.0
+    # a tie for second place keeps index order: right there, a tied pair for strict
+    assert group_metrics_published([2, 1, 1]) == {"exact_match": True, "top1": True, "kendall_tau": approx(1),
+                                                  "spearman_rho": approx(1), "ndcg_published": approx(1)}
+    # the expert's best tied last: order 1, 2, 0
+    m = group_metrics_published([1, 2, 2])
+    assert m["exact_match"] is False and m["top1"] is False
+    assert m["kendall_tau"] == approx(-1 / 3)  # (0,1) D, (0,2) D, (1,2) C
+    assert m["spearman_rho"] == approx(1 - 6 * (4 + 1 + 1) / (3 * 8))  # ranks (3, 1, 2)
+    s = group_metrics([1, 2, 2])
+    assert s["kendall_tau"] == approx(-2 / math.sqrt(3 * 2))  # tau-b, one tied pair
+    assert s["spearman_rho"] == approx(-1.5 / math.sqrt(2 * 1.5))  # ranks (3, 1.5, 1.5)
+    assert group_metrics_published([0.4])["kendall_tau"] is None  # one candidate: undefined in both
+
+
+def mer_items(*groups):
+    return [{"group": g, "split": f"{len(ids)}pair", "label": label, "ids": ids} for g, label, ids in groups]
+
+
+def test_mer_bench_both_variants_by_hand():
+    t = (15, 15, 15, 15)
+    records = {
+        "tie#0": raw(t), "tie#1": raw(t), "tie#2": raw(t),     # an all-tie group
+        "ab#0": raw(A), "ab#1": raw(B),                        # the last-bit pair, A first: right for them
+        "ba#0": raw(B), "ba#1": raw(A),                        # B first: wrong for them
+        "ok#0": raw((20, 20, 20, 20)), "ok#1": raw((10, 10, 10, 10)),  # no tie: the same in both
+    }
+    items = mer_items(("tie", "add", ["tie#0", "tie#1", "tie#2"]), ("ab", "add", ["ab#0", "ab#1"]),
+                      ("ba", "remove", ["ba#0", "ba#1"]), ("ok", "remove", ["ok#0", "ok#1"]))
+    published = mer_bench.evaluate(items, records, variant="published")
+    strict = mer_bench.evaluate(items, records)
+    assert strict == mer_bench.evaluate(items, records, variant="strict")
+    p, s = published["overall"], strict["overall"]
+    # published: tie right, ab right, ba wrong (tau -1), ok right
+    assert p["exact_match"] == approx(3 / 4) and p["top1"] == approx(3 / 4)
+    assert p["kendall_tau"] == approx((1 + 1 - 1 + 1) / 4) and p["spearman_rho"] == approx(0.5)
+    assert p["ndcg_published"] == approx((1 + 1 + (2 / L3 + 1) / (2 + 1 / L3) + 1) / 4)
+    assert "ndcg" not in p  # the textbook NDCG is not theirs
+    # strict: the three tied groups are wrong (tau 0), only ok is right
+    assert s["exact_match"] == approx(1 / 4) and s["top1"] == approx(1 / 4)
+    assert s["kendall_tau"] == approx(1 / 4) and s["spearman_rho"] == approx(1 / 4)
+    assert published["by_label"]["remove"]["exact_match"] == approx(1 / 2)
+    assert strict["by_label"]["add"]["exact_match"] == 0.0
+    # a rescored aggregation changes the published figures too
+    other = Aggregation("weighted_geometric", (0.0, 1.0, 0.5, 0.5), 0.8)  # overediting only: 5 < 8
+    assert mer_bench.evaluate(items[1:2], records, variant="published", aggregation=other)["overall"]["top1"] == 0.0
+
+
+def test_pairs_both_variants_by_hand():
+    records = {"a": raw(A, "a"), "b": raw(B, "b"), "hi": raw((20, 20, 20, 20), "hi"), "lo": raw((10, 10, 10, 10), "lo")}
+    items = [{"prompt_source": "p", "sources": 1, "better": "a", "worse": "b"},   # right for them, a tie for us
+             {"prompt_source": "p", "sources": 1, "better": "b", "worse": "a"},   # wrong in both
+             {"prompt_source": "q", "sources": 1, "better": "hi", "worse": "lo"}]  # right in both
+    assert mmrb2.evaluate(items, records, variant="published")["overall"]["accuracy"] == approx(2 / 3)
+    assert mmrb2.evaluate(items, records)["overall"]["accuracy"] == approx(1 / 3)
+
+    def row(task, dim, better, worse):
+        return {"task_type": task, "dimension": dim, "better": better, "worse": worse}
+
+    erb = [row("add", "overall", "a", "b"), row("add", "overall", "hi", "lo"), row("remove", "overall", "b", "a"),
+           row("add", "prompt_following", "a", "b"),  # success 7 > 5: right in both
+           row("add", "consistency", "a", "b")]  # overediting 5 < 8: wrong in both
+    published = editreward_bench.evaluate(erb, records, variant="published")
+    strict = editreward_bench.evaluate(erb, records)
+    assert published["dimensions"]["overall"]["accuracy"] == approx((1.0 + 0.0) / 2)
+    assert strict["dimensions"]["overall"]["accuracy"] == approx((0.5 + 0.0) / 2)
+    # "remove" has rows under overall only: its empty cells count 0.0 for them, are left out by us
+    assert published["dimensions"]["prompt_following"]["accuracy"] == approx((1.0 + 0.0) / 2)
+    assert published["dimensions"]["prompt_following"]["empty_cells"] == ["remove"]
+    assert published["dimensions"]["overall"]["empty_cells"] == []
+    assert strict["dimensions"]["prompt_following"]["accuracy"] == 1.0
+    assert "empty_cells" not in strict["dimensions"]["prompt_following"]
+    assert published["dimensions"]["consistency"]["accuracy"] == strict["dimensions"]["consistency"]["accuracy"] == 0.0
+    text = editreward_bench.markdown(bench_run.evaluate("editreward-bench", erb, records, aggregation=None,
+                                                        scores="x"), {})
+    assert "| remove | published | 0.000 (no rows) | 0.000 (no rows) | 0.000 (1/1) |" in text
+    assert "|  | strict |  |  | 0.000 (1/1) |" in text
+
+
+def test_run_evaluate_variants_and_the_recorded_aggregation():
+    records = {"ab#0": raw(A, "ab#0"), "ab#1": raw(B, "ab#1")}
+    items = mer_items(("ab", "add", ["ab#0", "ab#1"]))
+    both = bench_run.evaluate("mer-bench", items, records, aggregation=None, scores="s")
+    assert both["metrics"] == ["published", "strict"]
+    assert both["published"]["overall"]["exact_match"] == 1.0 and both["strict"]["overall"]["exact_match"] == 0.0
+    # the strict figures also where earlier readers find them
+    assert both["overall"] == both["strict"]["overall"] and both["by_split"] == both["strict"]["by_split"]
+    assert both["primary"] == {"name": "exact_match", "value": 0.0, "variant": "strict"}
+    assert both["published"]["primary"] == {"name": "exact_match", "value": 1.0}
+    assert both["published_aggregation"] == {"strategy": "weighted_geometric", "weights": (0.6, 0.4, 0.5, 0.5),
+                                             "alpha": 0.8}
+    only = bench_run.evaluate("mer-bench", items, records, aggregation=None, scores="s", variants=("published",))
+    assert only["metrics"] == ["published"] and "strict" not in only and "overall" not in only
+    assert only["primary"] == {"name": "exact_match", "value": 1.0, "variant": "published"}
+    text = bench_run.markdown("mer-bench", both)
+    assert "| **all** | published | 1 | 1 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | - |" in text
+    assert "|  | strict | 1 | 1 | 0.000 | 0.000 | 0.000 | 0.000 | 1.000 | " in text
+    assert "published: " in text and "strict: " in text
+    assert "strict" not in bench_run.markdown("mer-bench", only).split("## MER-Bench")[1].split("\n\n")[1]
+    # the published figures recombine the raw scores as the run did: checked on config_hash
+    default = Aggregation()
+    stamped = {k: {**r, "judge_hash": "j", "config_hash": config_hash("j", default)} for k, r in records.items()}
+    assert bench_run.recorded_aggregation(stamped, default) == default
+    with pytest.raises(ScoresFileError, match="another aggregation than alpha 0.5.*--metrics strict"):
+        bench_run.recorded_aggregation(stamped, Aggregation(alpha=0.5))

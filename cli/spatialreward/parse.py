@@ -218,6 +218,20 @@ def _number(value) -> tuple[float | None, bool]:
     return None, False
 
 
+def box_numbers(box, name: str, notes: list[str]) -> list[float] | None:
+    """A ``bbox_2d`` value's four numbers (ints where whole; a note when they
+    came as strings), or None when it is not four numbers (the caller says
+    what that costs)."""
+    if not isinstance(box, list) or len(box) != 4:
+        return None
+    coords = [_number(v) for v in box]
+    if any(number is None for number, _ in coords):
+        return None
+    if any(was_string for _, was_string in coords):
+        notes.append(f"{name}.bbox_2d given as strings")
+    return [int(n) if n == int(n) else n for n, _ in coords]
+
+
 def _scores(obj: dict, notes: list[str]) -> tuple[float, float]:
     score = obj.get("score")
     if not isinstance(score, list) or len(score) != 2:
@@ -267,16 +281,10 @@ def _region(item, index: int, notes: list[str]) -> Region | None:
         notes.append(f"{name}.label {'missing' if label is None else 'is not a string'}: empty")
         label = ""
     box = item.get("bbox_2d")
-    if not isinstance(box, list) or len(box) != 4:
+    values = box_numbers(box, name, notes)
+    if values is None:
         notes.append(f"{name} dropped: bbox_2d is not four numbers")
         return None
-    coords = [_number(v) for v in box]
-    if any(number is None for number, _ in coords):
-        notes.append(f"{name} dropped: bbox_2d is not four numbers")
-        return None
-    if any(was_string for _, was_string in coords):
-        notes.append(f"{name}.bbox_2d given as strings")
-    values = [int(n) if n == int(n) else n for n, _ in coords]
     if not all(-CLIP_TOLERANCE <= v <= BBOX_RANGE + CLIP_TOLERANCE for v in values):
         notes.append(f"{name} dropped: bbox_2d {json.dumps(box)[:60]} is far outside 0..{BBOX_RANGE}")
         return None

@@ -1,50 +1,32 @@
-"""The two SpatialReward-8B prompts, byte-identical to the published protocol.
+"""The SpatialReward-8B prompts, byte-identical to the published protocols.
 
-The texts live in ``templates/prompts/``. Their odd details (the PQ prompt's
-doubled braces, trailing spaces on five PQ lines) are what the model was
-trained on and must not be "fixed"; ``tests/test_prompts.py`` pins their
-sha256.
+The texts live in ``templates/prompts/``; ``protocols.py`` says which a
+protocol uses. Their odd details (the PQ prompt's doubled braces, trailing
+spaces on five PQ lines, the reward server's trailing space and missing final
+newline) are what the model was trained and served with and must not be
+"fixed"; ``tests/test_prompts.py`` pins their sha256.
 """
 
 from __future__ import annotations
 
-import hashlib
-from functools import lru_cache
+from .protocols import INSTRUCTION_SLOT, fingerprint
+from .protocols import render_pq as _render_pq
+from .protocols import render_sc as _render_sc
 
-from .resources import read_template
-
-INSTRUCTION_SLOT = "{instruction}"
-
-
-@lru_cache(maxsize=1)
-def _sc_template() -> str:
-    text = read_template("prompts/sc.txt")
-    if text.count(INSTRUCTION_SLOT) != 1:
-        raise RuntimeError("templates/prompts/sc.txt must hold exactly one {instruction} slot")
-    return text
+__all__ = ["INSTRUCTION_SLOT", "render_sc", "render_pq", "prompts_fingerprint"]
 
 
-@lru_cache(maxsize=1)
-def render_pq() -> str:
+def render_pq(protocol: str | None = None) -> str:
     """The PQ (perceptual quality) prompt, exactly as the model sees it."""
-    return read_template("prompts/pq.txt")
+    return _render_pq(protocol=protocol)
 
 
-def render_sc(instruction: str) -> str:
-    """The SC (semantic consistency) prompt with ``instruction`` filled in.
-
-    The instruction is inserted verbatim (callers strip surrounding whitespace
-    when reading manifests); only the template's single slot is replaced, so an
-    instruction containing braces or ``{instruction}`` is left untouched.
-    """
-    head, tail = _sc_template().split(INSTRUCTION_SLOT)
-    return head + instruction + tail
+def render_sc(instruction: str, protocol: str | None = None, sources: int = 1) -> str:
+    """The SC (semantic consistency) prompt with ``instruction`` filled in
+    (``sources`` source images: the multi-image prompt where the protocol has one)."""
+    return _render_sc(instruction, protocol=protocol, sources=sources)
 
 
-def prompts_fingerprint() -> str:
-    """sha256 over both prompt templates: part of every record's config hash."""
-    digest = hashlib.sha256()
-    digest.update(_sc_template().encode("utf-8"))
-    digest.update(b"\0")
-    digest.update(render_pq().encode("utf-8"))
-    return digest.hexdigest()
+def prompts_fingerprint(protocol: str | None = None) -> str:
+    """sha256 over the protocol's prompt templates: part of every record's judge hash."""
+    return fingerprint(protocol)

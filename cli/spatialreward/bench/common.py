@@ -4,6 +4,7 @@ records, and the Markdown helpers."""
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,10 +32,17 @@ def split_rows(splits: dict, limit: int | None):
             yield split, index, f"{split}[{index}]", row
 
 
-def content_id(prefix: str, source: str | None, edited: str | None, instruction: Any) -> str:
-    """An id naming what is judged: the same source, edit and instruction in
-    two rows is one sample, judged once."""
-    text = "\n".join([Path(source).name if source else "", Path(edited).name if edited else "", str(instruction)])
+def content_id(prefix: str, source: str | list[str] | None, edited: str | None, instruction: Any) -> str:
+    """An id naming what is judged: the same source(s), edit and instruction in
+    two rows is one sample, judged once. ``source``: one path, or the list of an
+    edit's sources in order (one source gives the id it always had)."""
+    if isinstance(source, list) and len(source) == 1:
+        source = source[0]
+    if isinstance(source, list):
+        source_name = json.dumps([Path(s).name for s in source])
+    else:
+        source_name = Path(source).name if source else ""
+    text = "\n".join([source_name, Path(edited).name if edited else "", str(instruction)])
     return f"{prefix}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}"
 
 

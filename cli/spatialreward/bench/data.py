@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -59,12 +60,50 @@ def _parquet_files(root: Path, config: str | None) -> dict[str, list[str]]:
     return by_split
 
 
+# How a downloaded dataset file ends; a hub id does not.
+DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json", ".csv", ".tsv", ".txt", ".zip", ".tar", ".gz")
+
+
+def looks_like_path(source: str) -> bool:
+    """Whether ``source`` (not an existing file or folder) is meant as a local
+    path rather than a hub dataset id (OWNER/NAME): it starts with ``.``, ``/``
+    or ``~``; has more or less than one ``/`` (or an empty part); its first
+    component exists here (``bench/nope`` beside a folder ``bench``); or it ends
+    like a data file (``.parquet``, ``.jsonl``, ...)."""
+    if source.startswith((".", "/", "~")) or (os.sep != "/" and os.sep in source):
+        return True
+    parts = source.split("/")
+    if len(parts) != 2 or not all(parts):
+        return True
+    if Path(parts[0]).expanduser().exists():
+        return True
+    return source.lower().endswith(DATA_SUFFIXES)
+
+
+def check_columns(source: str, name: str, splits: dict[str, Any], needed: tuple[str, ...]) -> None:
+    """Each split has the columns benchmark ``name`` reads, else a
+    ``BenchDataError`` (a schema error naming the missing columns): said
+    before any image is written or any model loads."""
+    for split, rows in splits.items():
+        have = getattr(rows, "columns", None)
+        if have is None:
+            continue
+        missing = [c for c in needed if c not in have]
+        if missing:
+            raise BenchDataError(
+                f"{source}: schema error: split {split} lacks the column{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(missing)} that {name} needs (it has: {', '.join(have) or 'none'}; {name} reads "
+                f"{', '.join(needed)}): is it a copy of another benchmark?")
+
+
 def load_splits(source: str, *, hub_id: str, config: str | None, splits: list[str] | None,
                 default_splits: tuple[str, ...]) -> dict[str, Any]:
     """``{split: Rows}`` for the wanted splits (default: the benchmark's
     splits that the source has), images left undecoded."""
-    datasets = require_datasets()
     path = Path(source).expanduser()
+    if not path.exists() and looks_like_path(source):  # a mistyped folder: said at once, not after the hub's retries
+        raise BenchDataError(f"no such file or folder: {source} (a hub dataset id is OWNER/NAME, such as {hub_id})")
+    datasets = require_datasets()
     available: dict[str, Any]
     if path.exists():
         if path.is_dir() and any((path / n).is_file() for n in ("dataset_dict.json", "state.json")):
@@ -83,8 +122,6 @@ def load_splits(source: str, *, hub_id: str, config: str | None, splits: list[st
             _check_splits(source, wanted, available)
             return {s: ParquetRows(files[s]) for s in wanted}
     else:
-        if "/" not in source or source.startswith((".", "/", "~")):
-            raise BenchDataError(f"{source}: no such file or folder (nor a hub dataset id such as {hub_id})")
         try:
             loaded = datasets.load_dataset(source, config) if config else datasets.load_dataset(source)
         except Exception as exc:  # noqa: BLE001 - offline, unknown id, ...: say which and why
@@ -118,6 +155,10 @@ class Rows:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def columns(self) -> list[str]:
+        return list(self.dataset.column_names)
+
     def __iter__(self):
         for batch in self.dataset.with_format("arrow").iter(batch_size=self.BATCH):
             yield from batch.to_pylist()
@@ -136,6 +177,14 @@ class ParquetRows:
         import pyarrow.parquet as pq
 
         return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns every file has (a file without one lacks it for its rows)."""
+        import pyarrow.parquet as pq
+
+        names = [pq.read_schema(f).names for f in self.files]
+        return [c for c in names[0] if all(c in n for n in names[1:])] if names else []
 
     def __iter__(self):
         import pyarrow.parquet as pq

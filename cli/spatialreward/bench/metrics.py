@@ -7,8 +7,15 @@ Conventions, shared by every benchmark:
   judged**: it is counted (``not_judged``, with the reason) and reported, never
   dropped silently and never counted right. ``accuracy`` is over judged units;
   ``accuracy_all`` counts the not-judged ones as wrong (a lower bound).
-- **Ties are wrong**: a pair is right only when the better item's score is
-  strictly higher; a ranking is an exact match only when no two candidates tie.
+- Two variants. **strict** (``group_metrics``, ``pair_correct`` on the
+  recorded reward, rounded to 6 decimals): **ties are wrong**: a pair is right
+  only when the better item's score is strictly higher; a ranking is an exact
+  match only when no two candidates tie. **published**
+  (``group_metrics_published`` on ``published_overall``): the authors'
+  definitions as their evaluation code computes them: the overall score from
+  the raw scores in their floating-point order, never rounded, and candidates
+  ranked by a stable sort, so tied candidates keep their index order (the
+  experts' order). Pairs are right iff strictly higher in both.
 
 Ranked groups (MER-Bench): ``scores[i]`` is the score of the candidate the
 experts ranked ``i``-th (0 = best), so the expert order is ``0, 1, ..., n-1``.
@@ -19,6 +26,26 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from typing import Iterable, Sequence
+
+from ..aggregate import DIMENSIONS, Scores, aggregate
+from ..config import Aggregation
+from ..constants import SCORE_RANGE
+from ..errors import ScoresFileError
+from ..numbers import is_number
+
+VARIANTS = ("published", "strict")
+
+VARIANT_NOTES = {
+    "published": "published: the authors' definitions as their evaluation code computes them: the overall score "
+                 "recomputed from the raw scores in floating point, never rounded",
+    "strict": "strict: from the recorded reward and overall (rounded to 6 decimals); a tie is always wrong",
+}
+
+
+def variant_notes(variants, extra: dict | None = None) -> list[str]:
+    """One line per variant shown: how its figures are computed (``extra``: the benchmark's own rules)."""
+    extra = extra or {}
+    return [VARIANT_NOTES[v] + (f"; {extra[v]}" if extra.get(v) else "") + "." for v in variants]
 
 
 # -- one ranked group ----------------------------------------------------------
@@ -144,6 +171,50 @@ def group_metrics(scores: Sequence[float]) -> dict:
         "ndcg_published": ndcg_published(scores),
         "ndcg": ndcg_standard(scores),
     }
+
+
+# -- the published variant ----------------------------------------------------
+
+PUBLISHED_GROUP_METRICS = ("exact_match", "top1", "kendall_tau", "spearman_rho", "ndcg_published")
+
+
+def published_overall(raw: dict | None, aggregation: Aggregation | None = None, record_id=None) -> float:
+    """The overall score (0..10) as the authors' evaluation code computes it
+    from the four raw scores (0..25), in floating point, never rounded.
+
+    ``weighted_geometric`` (the default) is evaluated in their order of
+    operations, ``(w1*s1/2.5 + w2*s2/2.5)**alpha * (w3*n/2.5 + w4*a/2.5)**(1-alpha)``,
+    which is not always ours (``(w1*s1 + w2*s2)/2.5``) to the last bit; the
+    other strategies, which their code does not have, are ours, unrounded."""
+    values = [(raw or {}).get(d) for d in DIMENSIONS]
+    if not all(is_number(v) and 0 <= v <= SCORE_RANGE for v in values):
+        raise ScoresFileError(f"record {record_id!r}: ok record without four raw scores in 0..{SCORE_RANGE:g}: "
+                              "the published figures are computed from them")
+    aggregation = aggregation or Aggregation()
+    if aggregation.strategy != "weighted_geometric":
+        return aggregate(Scores(*values), aggregation).overall
+    s1, s2, n, a = values
+    w1, w2, w3, w4 = aggregation.weights
+    alpha = aggregation.alpha
+    return (w1 * s1 / 2.5 + w2 * s2 / 2.5) ** alpha * (w3 * n / 2.5 + w4 * a / 2.5) ** (1 - alpha)
+
+
+def index_ranked(scores: Sequence[float]) -> list[int]:
+    """Strictly decreasing stand-ins for ``scores`` that keep the order of a
+    stable sort (best first, ties in index order): ``n - position``."""
+    stand_in = [0] * len(scores)
+    for position, candidate in enumerate(predicted_order(scores)):
+        stand_in[candidate] = len(scores) - position
+    return stand_in
+
+
+def group_metrics_published(scores: Sequence[float]) -> dict:
+    """The ranked-group metrics as the published evaluation computes them: on
+    the ranking of a stable sort, so tied candidates keep their index order
+    (the experts' order). An all-tie group is an exact match, top-1 right,
+    Kendall tau = Spearman rho = 1. The textbook NDCG is ours, not theirs."""
+    metrics = group_metrics(index_ranked(scores))
+    return {name: metrics[name] for name in PUBLISHED_GROUP_METRICS}
 
 
 # -- pairs ---------------------------------------------------------------------

@@ -5,23 +5,28 @@ Row: ``pair_id``, ``prompt_text``, ``prompt_images`` (one or more source
 images), ``response_a_images``, ``response_b_images``, ``chosen`` ("A"/"B"),
 ``prompt_source``. Right iff the chosen response's reward is strictly higher.
 
-SpatialReward judges one source image per edit. Rows with several source
-images are judged with the *first* one, as the published protocol does, and
-counted (``multi_source``); their accuracy is also reported apart, and the
-accuracy over single-source rows beside it. A response with several images
-is judged by its first (counted as ``multi_image_responses``).
+Rows with several source images are judged with all of them, in their order,
+as the published MMRB2 evaluation does (under the ``eval`` protocol: its
+multi-image SC prompt; at most ``MAX_SOURCES``, more is an input error of the
+row's samples), and counted (``multi_source``). A response with several images
+is judged by its first (counted as ``multi_image_responses``). The published
+evaluation samples at temperature 0.7; the bench judges greedily unless
+``--temperature`` says otherwise.
 """
 
 from __future__ import annotations
 
+from ..config import Aggregation
 from .common import (Prepared, content_id, coverage_line, fmt, make_sample, split_rows, store_path, table,
                      unit_values)
 from .data import image_list
-from .metrics import Tally, pair_correct
+from .metrics import VARIANTS, Tally, pair_correct, published_overall, variant_notes
 
 NAME = "mmrb2-edit"
 HUB_ID = "rl-research/multimodal-rewardbench-2"
 CONFIG = "edit"
+# The columns prepare() reads: checked before any image is written or the model loads.
+COLUMNS = ("prompt_text", "prompt_images", "response_a_images", "response_b_images", "chosen")
 SPLITS = ("test",)
 PRIMARY = "accuracy"
 
@@ -46,7 +51,8 @@ def prepare(splits: dict, store, limit: int | None) -> Prepared:
         if "invalid" in item:
             items.append(item)
             continue
-        source = store_path(store, sources[0])
+        paths = [store_path(store, image) for image in sources]
+        source = paths[0] if len(paths) == 1 else paths  # several: all of them, in order
         ids = {}
         for side, images in responses.items():
             multi_image += len(images) > 1
@@ -64,19 +70,26 @@ def prepare(splits: dict, store, limit: int | None) -> Prepared:
     return Prepared(samples, items, {"multi_source": multi_source, "multi_image_responses": multi_image})
 
 
-def evaluate(items: list[dict], records: dict[str, dict]) -> dict:
+def evaluate(items: list[dict], records: dict[str, dict], *, variant: str = "strict",
+             aggregation: Aggregation | None = None) -> dict:
+    """One variant's metrics: ``strict`` compares the recorded rewards,
+    ``published`` the overall recomputed from the raw scores as the authors'
+    code does (``aggregation``, default the published one)."""
+    def value(record: dict) -> float:
+        if variant == "published":
+            return published_overall(record.get("scores"), aggregation, record.get("id"))
+        return record["reward"]
+
     overall, by_source = Tally(), {}
-    single, multi = Tally(), Tally()
-    multi_source = multi_image = 0
+    multi_source = 0
     for item in items:
         multi_source += item.get("sources", 1) > 1
-        tallies = [overall, by_source.setdefault(str(item["prompt_source"]), Tally()),
-                   multi if item.get("sources", 1) > 1 else single]
+        tallies = [overall, by_source.setdefault(str(item["prompt_source"]), Tally())]
         if item.get("invalid"):
             for tally in tallies:
                 tally.add_not_judged("invalid row")
             continue
-        values, reason = unit_values([item["better"], item["worse"]], records, lambda r: r["reward"])
+        values, reason = unit_values([item["better"], item["worse"]], records, value)
         for tally in tallies:
             if reason:
                 tally.add_not_judged(reason)
@@ -85,8 +98,6 @@ def evaluate(items: list[dict], records: dict[str, dict]) -> dict:
     return {
         "overall": overall.result(PRIMARY),
         "by_prompt_source": {k: v.result(PRIMARY) for k, v in sorted(by_source.items())},
-        "single_source": single.result(PRIMARY),
-        "multi_source": multi.result(PRIMARY),
         "multi_source_rows": multi_source,
     }
 
@@ -96,19 +107,23 @@ def primary(metrics: dict) -> float | None:
 
 
 def markdown(metrics: dict, baselines: dict) -> str:
+    """``metrics``: the run's, with a block per variant under its name."""
+    variants = [v for v in VARIANTS if v in metrics]
     percent = baselines.get("scale") == "percent"
-    rows = [["**SpatialReward (this run)**", fmt(metrics["overall"]["accuracy"], percent=True)]]
+    rows = [[f"**SpatialReward (this run, {v})**", fmt(metrics[v]["overall"]["accuracy"], percent=True)]
+            for v in variants]
     rows += [[b["model"], f"{b['accuracy']:.1f}" if percent else fmt(b["accuracy"], percent=True)]
              for b in baselines.get("models", [])]
-    source_rows = [[k, fmt(v["accuracy"], percent=True), f"{v['judged']}/{v['units']}"]
-                   for k, v in metrics["by_prompt_source"].items()]
-    single, multi = metrics["single_source"], metrics["multi_source"]
+    first = metrics[variants[0]]
+    source_rows = [[k if n == 0 else "", v, fmt(metrics[v]["by_prompt_source"][k]["accuracy"], percent=True),
+                    f"{metrics[v]['by_prompt_source'][k]['judged']}/{metrics[v]['by_prompt_source'][k]['units']}"]
+                   for k in first["by_prompt_source"] for n, v in enumerate(variants)]
     return "\n".join([
         "## MMRB2 image editing", "",
-        "Accuracy (%): the chosen response's reward strictly higher (ties wrong).", "",
+        "Accuracy (%): the chosen response's reward strictly higher.", "",
         table(["model", "accuracy"], rows), "",
-        table(["prompt source", "accuracy", "judged/rows"], source_rows), "",
-        f"rows with more than one source image: {metrics['multi_source_rows']} (judged with the first; accuracy "
-        f"{fmt(multi['accuracy'], percent=True)}); single-source rows: accuracy {fmt(single['accuracy'], percent=True)}",
-        coverage_line(metrics["overall"]),
+        table(["prompt source", "metrics", "accuracy", "judged/rows"], source_rows), "",
+        f"rows with more than one source image: {first['multi_source_rows']} (judged with all of them, in order)",
+        *variant_notes(variants),
+        coverage_line(first["overall"]),
     ]) + "\n"

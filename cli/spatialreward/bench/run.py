@@ -6,7 +6,8 @@
 - ``items.jsonl``: the benchmark's units (groups / pairs) with the sample ids they need;
 - ``bench.json``: which benchmark, data, splits and limit made them;
 - ``scores.jsonl``: ordinary judge records (``runner.run``: resumable);
-- ``metrics.json`` and ``metrics.md``; ``search.json`` after ``--search``.
+- ``metrics.json`` and ``metrics.md`` (the ``published`` and the ``strict``
+  figures, see ``metrics``); ``search.json`` after ``--search`` (strict).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
-from ..config import STRATEGIES, Aggregation
+from ..config import STRATEGIES, Aggregation, config_hash
 from ..errors import ScoresFileError, SpatialRewardError
+from ..output import write_atomic
 from ..rescore import rescore_record
 from ..results import read_records
 from . import BENCHMARKS
 from .common import Prepared
-from .data import ImageStore, load_splits
+from .data import ImageStore, check_columns, load_splits
+from .metrics import VARIANTS
 
 ITEMS, INFO, SCORES, METRICS_JSON, METRICS_MD, SEARCH_JSON = (
     "items.jsonl", "bench.json", "scores.jsonl", "metrics.json", "metrics.md", "search.json")
@@ -43,6 +46,7 @@ def prepare(name: str, source: str, folder: Path, *, splits: list[str] | None, l
     """Read the dataset, write its images, ``items.jsonl`` and ``bench.json``."""
     bench = benchmark(name)
     rows = load_splits(source, hub_id=bench.HUB_ID, config=bench.CONFIG, splits=splits, default_splits=bench.SPLITS)
+    check_columns(source, name, rows, bench.COLUMNS)  # before any image is written or the model loads
     folder.mkdir(parents=True, exist_ok=True)
     store = ImageStore(folder / "images")
     prepared = bench.prepare(rows, store, limit)
@@ -86,19 +90,49 @@ def load_records(scores: Path, aggregation: Aggregation | None = None) -> dict[s
     return out
 
 
+def recorded_aggregation(records: dict[str, dict], aggregation: Aggregation) -> Aggregation:
+    """``aggregation``, checked to be the one the records were scored with
+    (``config_hash`` is the judge's hash and the aggregation's): the published
+    figures recompute the overall from the raw scores with it."""
+    for record in records.values():
+        judge, recorded = record.get("judge_hash"), record.get("config_hash")
+        if record.get("status") == "ok" and judge and recorded and config_hash(judge, aggregation) != recorded:
+            raise ScoresFileError(
+                f"record {record.get('id')!r} was scored with another aggregation than {describe(aggregation)} "
+                f"(its config_hash differs): pass the run's --aggregation/--weights/--alpha (or --config) to "
+                f"compute the published figures from its raw scores, or --metrics strict")
+    return aggregation
+
+
 def evaluate(name: str, items: list[dict], records: dict[str, dict], *, aggregation: Aggregation | None,
-             scores: Path) -> dict:
+             scores: Path, variants: tuple[str, ...] = VARIANTS, published_with: Aggregation | None = None) -> dict:
+    """The metrics of every variant asked for (``published``, ``strict``),
+    each under its name; the strict ones also at the top level, where readers
+    of earlier metrics files find them. ``aggregation``: what the records were
+    rescored with (None: as recorded); ``published_with``: the aggregation the
+    published variant recomputes the overall with (default the published one)."""
     bench = benchmark(name)
-    metrics = bench.evaluate(items, records)
+    blocks = {}
+    for variant in VARIANTS:
+        if variant in variants:
+            metrics = bench.evaluate(items, records, variant=variant, aggregation=published_with)
+            blocks[variant] = {"primary": {"name": bench.PRIMARY, "value": bench.primary(metrics)}, **metrics}
     hashes = sorted({r["config_hash"] for r in records.values() if r.get("config_hash")})
-    return {
+    headline = "strict" if "strict" in blocks else "published"
+    out = {
         "benchmark": name,
         "scores": str(scores),
         "aggregation": dataclasses.asdict(aggregation) if aggregation else "as recorded",
         "config_hashes": hashes,
-        "primary": {"name": bench.PRIMARY, "value": bench.primary(metrics)},
-        **metrics,
+        "metrics": list(blocks),
+        "primary": {**blocks[headline]["primary"], "variant": headline},
     }
+    if "published" in blocks:
+        out["published_aggregation"] = dataclasses.asdict(published_with or DEFAULT)
+    if "strict" in blocks:
+        out.update({k: v for k, v in blocks["strict"].items() if k != "primary"})
+    out.update(blocks)
+    return out
 
 
 def markdown(name: str, metrics: dict) -> str:
@@ -107,8 +141,8 @@ def markdown(name: str, metrics: dict) -> str:
 
 def write_metrics(folder: Path, name: str, metrics: dict) -> str:
     text = markdown(name, metrics)
-    (folder / METRICS_JSON).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    (folder / METRICS_MD).write_text(text, encoding="utf-8")
+    write_atomic(folder / METRICS_JSON, json.dumps(metrics, indent=2) + "\n")
+    write_atomic(folder / METRICS_MD, text)
     return text
 
 
