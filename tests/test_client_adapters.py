@@ -63,6 +63,84 @@ def test_released_evaluate_images_function(server):
     assert reasoning[1].startswith("error (input)")
 
 
+def _recording(client) -> list[dict]:
+    """The JSON payloads ``client`` posts (the posts still go to the server)."""
+    sent = []
+    post = client._http.post
+
+    def recorded(*args, **kwargs):
+        sent.append(kwargs["json"])
+        return post(*args, **kwargs)
+
+    async def recorded_async(*args, **kwargs):
+        sent.append(kwargs["json"])
+        return await post(*args, **kwargs)
+
+    client._http.post = recorded_async if asyncio.iscoroutinefunction(post) else recorded
+    return sent
+
+
+def test_evaluate_sends_every_input_image_in_order(server):
+    """The released call shape: input_images[i] is the list of sample i's sources;
+    all of them go, in their order (not only the first)."""
+    from spatialreward.client import AsyncRewardClient, RewardClient
+
+    refs = [item_image(70 + k) for k in range(3)]
+    input_images = [refs[:1], refs[:2], refs, refs[0]]  # a bare image is one source too
+    edited = [item_image(k) for k in range(4)]
+    metas = [{"instruction": f"item {k}"} for k in range(4)]
+    with RewardClient(server.url) as client:
+        sent = _recording(client)
+        scores, rewards, reasoning, meta = client.evaluate(input_images, edited, metas)
+        assert rewards == [pytest.approx(expected_echo(k, edited[k])["reward"]) for k in range(4)]
+        [payload] = sent
+        wire = [item["source"] for item in payload["items"]]
+        assert wire[0] == encode_image(refs[0]) == wire[3]  # one source: one string, as before
+        assert wire[1] == [encode_image(r) for r in refs[:2]] and wire[2] == [encode_image(r) for r in refs]
+        results = client.score([{"source": refs, "edited": edited[0], "instruction": "item 0"},
+                                (tuple(refs[:2]), edited[1], "item 1")])
+        assert [r.sources for r in results] == [3, 2] and all(r.ok for r in results)
+        # too many or no sources: that sample is an input error (never a score), the others are judged
+        _, rewards_bad, _, meta_bad = client.evaluate([[refs[0]] * 9, [], [refs[0]]], edited[:3], metas[:3])
+        assert rewards_bad[:2] == [None, None] and rewards_bad[2] is not None
+        assert all("1 to 8" in m["error"]["message"] and m["error"]["stage"] == "input" for m in meta_bad[:2])
+        assert len(sent) == 3 and len(sent[2]["items"]) == 1  # the bad samples were not sent
+
+    async def go():
+        async with AsyncRewardClient(server.url) as client:
+            sent = _recording(client)
+            answer = await client.evaluate(input_images, edited, metas)
+            return sent, answer
+
+    sent, (_, rewards_async, _, _) = asyncio.run(go())
+    assert rewards_async == rewards and [i["source"] for i in sent[0]["items"]] == wire
+
+
+def test_adapters_take_several_sources(server):
+    """flow_grpo: metadata[i]["source"] a list, or ref_images with K sources per
+    item (N x K x C x H x W, or a list of per-item lists); evaluate_images as evaluate."""
+    edited = [item_image(k) for k in range(2)]
+    refs = [item_image(80), item_image(81)]
+    tensor = lambda im: torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255  # noqa: E731
+    fn = flow_grpo_reward(server.url)
+    sent = _recording(fn.client)
+    want = [pytest.approx(expected_echo(k, edited[k])["reward"], abs=1e-6) for k in range(2)]
+    rewards, _ = fn(edited, ["item 0", "item 1"], [{"source": refs}, {"source": refs[:1]}])
+    assert rewards.tolist() == want
+    stacked = torch.stack([torch.stack([tensor(r) for r in refs])] * 2)  # N x K x C x H x W
+    rewards, _ = fn(edited, ["item 0", "item 1"], [{}, {}], ref_images=stacked)
+    assert rewards.tolist() == want
+    rewards, _ = fn(edited, ["item 0", "item 1"], [{}, {}], ref_images=[[tensor(r) for r in refs], tensor(refs[0])])
+    assert rewards.tolist() == want
+    two = [encode_image(r) for r in refs]
+    assert [i["source"] for i in sent[0]["items"]] == [two, two[0]]
+    assert [i["source"] for i in sent[1]["items"]] == [two, two]  # float -> uint8 exactly: the same PNGs
+    assert [i["source"] for i in sent[2]["items"]] == [two, two[0]]
+    scores, rewards, _, _ = evaluate_images([refs, refs[:1]], edited, [{"instruction": f"item {k}"} for k in range(2)],
+                                            proxy_host="127.0.0.1", proxy_port=server.port)
+    assert rewards == want
+
+
 def test_images_are_sent_losslessly(tmp_path):
     jpeg = tmp_path / "a.jpg"
     item_image(3).save(jpeg, quality=70)
@@ -71,15 +149,28 @@ def test_images_are_sent_losslessly(tmp_path):
 
 
 def test_items_sharing_source_and_instruction_are_submitted_adjacent():
-    """The released proxy's instruction grouping: the scheduler sees the SC
-    requests of one source+instruction group one after another."""
+    """The released proxy's instruction grouping: the engine takes the SC
+    requests of one source+instruction group one after another. The engine is
+    held busy until every item is queued (as under load, where grouping pays):
+    which item finishes preparing first must not decide the order."""
+    import threading
+
     from spatialreward.judge import Judge
     from spatialreward.config import load_config
+    from spatialreward.sample import Sample
     from spatialreward.serve.protocol import RewardRequest
     from spatialreward.serve.serving import RewardService
     from spatialreward.testing.scripted import ScriptedBackend
 
-    backend = ScriptedBackend({"echo": True, "delay_s": 0.05})
+    release = threading.Event()
+
+    class Held(ScriptedBackend):
+        def generate(self, requests, generation, *, constrained):
+            answers = super().generate(requests, generation, constrained=constrained)
+            assert release.wait(30), "the test never released the engine"
+            return answers
+
+    backend = Held({"echo": True})
     judge = Judge(backend, load_config(None, {"batch_size": 1}))
     service = RewardService(judge)
     src = {name: base64.b64encode(png_bytes(item_image(n))).decode() for name, n in (("A", 1), ("B", 2))}
@@ -87,14 +178,32 @@ def test_items_sharing_source_and_instruction_are_submitted_adjacent():
     request = RewardRequest.model_validate({"items": [
         {"id": str(i), "source": src[s], "edited": base64.b64encode(png_bytes(item_image(10 + i))).decode(),
          "instruction": t} for i, (s, t) in enumerate(order)]})
+
+    def release_when_queued():
+        deadline = time.monotonic() + 30
+        # the busy sample's PQ plus the six items' SC and PQ
+        while judge.queued < 13 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+
     try:
+        judge.submit(Sample(id="busy", source=png_bytes(item_image(3)), edited=png_bytes(item_image(4)),
+                            instruction="busy 999"))
+        deadline = time.monotonic() + 10
+        while not backend.calls:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        releaser = threading.Thread(target=release_when_queued)
+        releaser.start()
         results = asyncio.run(service.score(request))
+        releaser.join()
     finally:
+        release.set()
         judge.close()
     assert [r["id"] for r in results] == [str(i) for i in range(6)]  # answers in request order
     sc_calls = [c["requests"][0].prompt.rsplit("Editing instruction: ", 1)[-1].strip()
                 for c in backend.calls if c["requests"][0].kind == "sc"]
-    assert sc_calls == ["item 1", "item 1", "item 1", "item 2", "item 2", "item 3"]
+    assert sc_calls == ["busy 999", "item 1", "item 1", "item 1", "item 2", "item 2", "item 3"]
     assert service.pending == 0
 
 
@@ -140,21 +249,24 @@ def test_items_of_concurrent_requests_share_batches():
     assert mixed, [len(c["requests"]) for c in backend.calls]
 
 
-def test_a_full_scheduler_queue_fails_items_instead_of_hanging_them():
+def test_closing_the_judge_fails_queued_items_instead_of_hanging_them():
     from spatialreward.config import load_config
     from spatialreward.judge import Judge
     from spatialreward.sample import Sample
-    from spatialreward.scheduler import Scheduler
     from spatialreward.testing.scripted import ScriptedBackend
 
     backend = ScriptedBackend({"echo": True, "delay_s": 0.2})
     judge = Judge(backend, load_config(None, {"batch_size": 1}))
-    judge._scheduler = Scheduler(backend, judge.config.generation, max_batch=1, max_queue=1)
-    try:
-        futures = judge.submit_many([Sample(id=str(k), source=png_bytes(item_image(1)), edited=png_bytes(item_image(k)),
-                                            instruction=f"item {k}") for k in range(4)])
-        results = [f.result(timeout=20) for f in futures]
-    finally:
-        judge.close()
+    futures = judge.submit_many([Sample(id=str(k), source=png_bytes(item_image(1)), edited=png_bytes(item_image(k)),
+                                        instruction=f"item {k}") for k in range(4)])
+    deadline = time.monotonic() + 5
+    while not backend.calls:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    judge.close()
+    results = [f.result(timeout=20) for f in futures]
     failed = [r for r in results if not r.ok]
-    assert failed and all(r.error.stage == "model" and "not queued" in r.error.message for r in failed)
+    assert failed and all(r.error.stage == "model" and "closed" in r.error.message for r in failed)
+    with pytest.raises(RuntimeError, match="closed"):
+        judge.submit(Sample(id="late", source=png_bytes(item_image(1)), edited=png_bytes(item_image(9)),
+                            instruction="late"))

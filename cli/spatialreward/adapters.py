@@ -5,17 +5,21 @@
   tensor N x C x H x W in [0, 1] (as flow_grpo's sampler gives it), a uint8
   array N x H x W x C, or a list of PIL images; the instruction of item i is
   ``metadata[i]["instruction"]`` if present, else ``prompts[i]``; its source
-  image ``metadata[i]["source"]`` (a path, bytes, PIL image or array), else
-  ``ref_images[i]`` (the keyword flow_grpo's editing variants pass).
+  image ``metadata[i]["source"]`` (a path, bytes, PIL image or array, or a list
+  of 1 to 8 of them: a multi-reference edit, sources in order), else
+  ``ref_images[i]`` (the keyword flow_grpo's editing variants pass: a batch in
+  the layout of ``images``, one source per item; N x K x C x H x W or a list of
+  per-item lists for K sources per item).
   ``rewards`` is a float32 array: a failed item is NaN (never 0.0), its error in
-  ``info["errors"][i]``; mask NaN before the advantage computation.
+  ``info["errors"][i]``; mask NaN before the advantage computation (or pass
+  ``on_error="neutral"``). Built in ``spatialreward.integrations.flow_grpo``, which
+  also has a drop-in for flow_grpo's ``multi_score``.
 - ``evaluate_images(...)``: the released repository's convenience function,
   same arguments and answer, over ``RewardClient``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
 
 from .client import RewardClient
 
@@ -40,37 +44,37 @@ def _edited_images(images) -> list:
     return list(images)
 
 
-def flow_grpo_reward(url: str | None = None, *, client: RewardClient | None = None, **client_kwargs):
-    """A flow_grpo-style reward function served by ``spatialreward serve`` at ``url``."""
-    client = client or RewardClient(url, **client_kwargs)
-
-    def fn(images, prompts: Sequence[str], metadata: Sequence[dict], ref_images=None, **_: Any):
-        import numpy as np
-
-        edited = _edited_images(images)
-        references = _edited_images(ref_images) if ref_images is not None else None
-        items = []
-        for i, (image, prompt, meta) in enumerate(zip(edited, prompts, metadata)):
-            meta = meta or {}
-            source = meta.get("source", meta.get("source_image"))
-            if source is None and references is not None:
-                source = references[i]
-            if source is None:
-                raise ValueError(f"metadata[{i}] has no 'source' image (and no ref_images were given)")
-            items.append({"source": source, "edited": image, "instruction": meta.get("instruction") or prompt})
-        if len(items) != len(edited):
-            raise ValueError(f"{len(edited)} images but {len(prompts)} prompts and {len(metadata)} metadata entries")
-        results = client.score(items)
-        rewards = np.array([np.nan if r.reward is None else r.reward for r in results], dtype=np.float32)
-        info = {"score": [r.score for r in results], "errors": [r.error for r in results]}
-        return rewards, info
-
-    fn.client = client
-    return fn
+def _source_images(ref_images) -> list:
+    """``ref_images`` as one entry per item: an image, or a list of an item's
+    sources (a 5-d tensor or array N x K x ..., or a list whose entries are lists)."""
+    if getattr(ref_images, "ndim", None) == 5:
+        return [_edited_images(sources) for sources in ref_images]
+    if isinstance(ref_images, (list, tuple)) and any(isinstance(r, (list, tuple)) for r in ref_images):
+        return [[_one_image(image) for image in r] if isinstance(r, (list, tuple)) else _one_image(r)
+                for r in ref_images]
+    return _edited_images(ref_images)
 
 
-def evaluate_images(input_images, output_image, meta_datas, proxy_host: str = "127.0.0.1", proxy_port: int = 8000,
+def _one_image(image):
+    """One image as ``_edited_images`` makes a batch's (a C x H x W float tensor as uint8 H x W x C)."""
+    if getattr(image, "ndim", None) == 3 and not isinstance(image, (str, bytes)):
+        return _edited_images(image[None])[0]
+    return image
+
+
+def flow_grpo_reward(url: str | None = None, *, client: RewardClient | None = None, **kwargs):
+    """A flow_grpo-style reward function served by ``spatialreward serve`` at ``url``
+    (``spatialreward.integrations.flow_grpo.flow_grpo_reward``; ``on_error`` defaults to ``nan``)."""
+    from .integrations.flow_grpo import flow_grpo_reward as build
+
+    return build(url, client=client, **kwargs)
+
+
+def evaluate_images(input_images, output_image, meta_datas, proxy_host: str = "127.0.0.1", proxy_port: int = 23456,
                     server_type: str | None = None, **client_kwargs):
-    """The released convenience function: ``(scores, rewards, reasoning, meta_data)``."""
-    with RewardClient(proxy_host=proxy_host, proxy_port=proxy_port, **client_kwargs) as client:
+    """The released convenience function, same arguments and answer: ``(scores,
+    rewards, reasoning, meta_data)``; its client as the released one builds it
+    (``timeout=600``, ``max_retries=2``) unless ``client_kwargs`` say otherwise."""
+    client_kwargs = {"timeout": 600, "max_retries": 2, **client_kwargs}
+    with RewardClient(proxy_host, proxy_port, **client_kwargs) as client:
         return client.evaluate(input_images, output_image, meta_datas)
