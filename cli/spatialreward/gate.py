@@ -5,6 +5,14 @@ minimum pass rate (share of judged edits with reward >= ``pass_threshold``),
 minimum mean of each raw dimension (0..25), maximum error records, minimum
 number of judged edits; the same per ``meta.category``.
 
+Text-to-image records (``"kind": "t2i"``, protocol ``t2i-spatial``) are gated
+the same way on their reward (mean, pass rate), errors and count; their raw
+scores are ``spatial`` and ``presence`` (``min_dimension_mean``, 0..25). A
+criterion on a metric the records do not have (an edit dimension such as
+``success`` over t2i records, ``spatial`` over edit records) is a usage error
+(``ConfigError``, exit 2) naming the metric, never a silent pass or fail; so is
+a baseline of the other kind.
+
 Baseline rule (``--baseline``): edits are paired by id where both runs judged
 them (status ok). d = reward(run) - reward(baseline) per pair; the mean d and a
 seeded percentile-bootstrap confidence interval of the mean (``confidence``,
@@ -29,8 +37,12 @@ from .aggregate import DIMENSIONS
 from .constants import SCORE_RANGE
 from .errors import ConfigError, ScoresFileError
 from .numbers import is_number
-from .results import read_records
-from .summary import SummaryBuilder
+from .results import EDIT_KIND, T2I_KIND, T2I_SCORES, read_records, record_kind
+from .summary import MIXED_KIND, SummaryBuilder
+
+GATE_DIMENSIONS = DIMENSIONS + T2I_SCORES  # edit records' raw scores, then t2i records'
+KIND_DIMENSIONS = {EDIT_KIND: DIMENSIONS, T2I_KIND: T2I_SCORES, MIXED_KIND: GATE_DIMENSIONS}
+KIND_NAMES = {EDIT_KIND: "edit records", T2I_KIND: "text-to-image (t2i) records"}
 
 THRESHOLD_KEYS = ("min_mean_reward", "min_pass_rate", "min_dimension_mean", "max_errors", "min_judged")
 GATE_KEYS = THRESHOLD_KEYS + ("pass_threshold", "categories", "max_drop", "confidence", "bootstrap", "seed")
@@ -78,8 +90,13 @@ def _check_dimensions(mapping, where: str) -> None:
     if not isinstance(mapping, dict):
         raise ConfigError(f"gate: {where} must map dimensions to minimum means")
     for dim, value in mapping.items():
-        if dim not in DIMENSIONS:
-            raise ConfigError(f"gate: {where}: unknown dimension {dim!r} (known: {', '.join(DIMENSIONS)})")
+        if dim in ("overall", "sc", "pq"):
+            raise ConfigError(f"gate: {where}: {dim!r} is not a raw dimension but an edit record's 0..10 aggregate "
+                              "(text-to-image records have none); gate on the reward, or on a raw dimension (edit "
+                              f"records {', '.join(DIMENSIONS)}; t2i records {', '.join(T2I_SCORES)})")
+        if dim not in GATE_DIMENSIONS:
+            raise ConfigError(f"gate: {where}: unknown dimension {dim!r} (known: edit records "
+                              f"{', '.join(DIMENSIONS)}; t2i records {', '.join(T2I_SCORES)})")
         if not (is_number(value) and 0 <= value <= SCORE_RANGE):
             raise ConfigError(f"gate: {where}.{dim} must be a number in 0..{SCORE_RANGE:g}, not {value!r}")
 
@@ -165,18 +182,42 @@ def _scope_checks(stats: dict, limits: dict, scope: str) -> list[Check]:
     if limits.get("max_errors") is not None:
         checks.append(Check("errors", scope, stats["error"], limits["max_errors"], "<="))
     if limits.get("min_judged") is not None:
-        checks.append(Check("judged edits", scope, stats["ok"], limits["min_judged"], ">="))
+        checks.append(Check(judged_name(stats.get("kind")), scope, stats["ok"], limits["min_judged"], ">="))
     return checks
 
 
-def _reward_map(path: Path) -> tuple[dict[str, float | None], set[str]]:
+def judged_name(kind: str | None) -> str:
+    return "judged images" if kind == T2I_KIND else "judged edits"
+
+
+def check_metrics_apply(config: GateConfig, kind: str, scores: Path) -> None:
+    """A usage error (``ConfigError``) for a criterion on a metric the records
+    of ``kind`` do not have: e.g. ``min_dimension_mean.success`` (an edit
+    metric) over t2i records."""
+    known = KIND_DIMENSIONS.get(kind, DIMENSIONS)
+    scopes = [("min_dimension_mean", config.min_dimension_mean)] + [
+        (f"categories.{name}.min_dimension_mean", limits.get("min_dimension_mean") or {})
+        for name, limits in sorted(config.categories.items())]
+    for where, mapping in scopes:
+        for dim in mapping:
+            if dim not in known:
+                other = "an edit metric" if dim in DIMENSIONS else "a text-to-image (t2i) metric"
+                raise ConfigError(
+                    f"gate: {where}.{dim}: {dim!r} is {other}, but {scores} holds {KIND_NAMES.get(kind, kind)}, "
+                    f"which have no {dim!r} (their raw scores: {', '.join(known)}); gate them on reward, pass rate "
+                    f"or {', '.join(known)}")
+
+
+def _reward_map(path: Path) -> tuple[dict[str, float | None], set[str], set[str]]:
     rewards: dict[str, float | None] = {}
     hashes: set[str] = set()
+    kinds: set[str] = set()
     for record in read_records(path):
         rewards[record["id"]] = record["reward"] if record.get("status") == "ok" else None
+        kinds.add(record_kind(record))
         if record.get("config_hash"):
             hashes.add(record["config_hash"])
-    return rewards, hashes
+    return rewards, hashes, kinds
 
 
 def bootstrap_ci(deltas, confidence: float, resamples: int, seed: int) -> tuple[float, float]:
@@ -196,8 +237,13 @@ def bootstrap_ci(deltas, confidence: float, resamples: int, seed: int) -> tuple[
 
 
 def compare(run: Path, baseline: Path, config: GateConfig, *, allow_config_mismatch: bool,
-            run_hashes: set[str]) -> Comparison:
-    base, base_hashes = _reward_map(baseline)
+            run_hashes: set[str], run_kind: str | None = None) -> Comparison:
+    base, base_hashes, base_kinds = _reward_map(baseline)
+    base_kind = MIXED_KIND if len(base_kinds) > 1 else next(iter(base_kinds), None)
+    if run_kind is not None and base_kind is not None and base_kind != run_kind:
+        raise ConfigError(f"gate: the run holds {KIND_NAMES.get(run_kind, run_kind)} and the baseline "
+                          f"{KIND_NAMES.get(base_kind, base_kind)}: their rewards measure different things and "
+                          "cannot be paired")
     if not allow_config_mismatch and base_hashes and run_hashes and base_hashes != run_hashes:
         raise ScoresFileError(
             f"config hash of the run ({', '.join(sorted(run_hashes))}) differs from the baseline's "
@@ -266,15 +312,18 @@ def run_gate(scores: Path, config: GateConfig, *, baseline: Path | None = None,
                               "(did the judge write to another file?)")
     if len(hashes) > 1:
         raise ScoresFileError(f"{scores}: records from {len(hashes)} different configs ({', '.join(sorted(hashes))})")
+    check_metrics_apply(config, summary["kind"], scores)
     checks = _scope_checks(summary, vars(config), "all")
     for name, limits in sorted(config.categories.items()):
         stats = (summary.get("categories") or {}).get(name)
         if stats is None:
-            checks.append(Check("judged edits", f"category {name}", 0, max(1, limits.get("min_judged") or 1), ">="))
+            checks.append(Check(judged_name(summary["kind"]), f"category {name}", 0,
+                                max(1, limits.get("min_judged") or 1), ">="))
             continue
         checks.extend(_scope_checks(stats, limits, f"category {name}"))
     comparison = None
     if baseline is not None:
-        comparison = compare(scores, baseline, config, allow_config_mismatch=allow_config_mismatch, run_hashes=hashes)
+        comparison = compare(scores, baseline, config, allow_config_mismatch=allow_config_mismatch, run_hashes=hashes,
+                             run_kind=summary["kind"])
     worst_records = [item[2] for item in sorted(heap, key=lambda x: (-x[0], x[1]))]
     return GateResult(summary=summary, checks=checks, comparison=comparison, worst=worst_records)

@@ -4,12 +4,17 @@ summary, GitHub step outputs and annotations."""
 from __future__ import annotations
 
 from .gate import Check, Comparison, GateResult
+from .summary import judged_line
+
+
+def _noun(summary: dict) -> str:
+    return {"t2i": "images", "mixed": "records"}.get(summary.get("kind"), "edits")
 
 
 def _value(check: Check) -> str:
     if check.observed is None:
         return "-"
-    if check.name in ("errors", "judged edits"):
+    if check.name in ("errors", "judged edits", "judged images"):
         return f"{check.observed:g}"
     if check.name == "pass rate":
         return f"{check.observed:.1%}"
@@ -53,6 +58,9 @@ def render_terminal(result: GateResult, style=lambda text, **_: text) -> str:
         lines.append(text)
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    judged = judged_line(result.summary, _noun(result.summary))
+    if judged:  # beside the pass rate, so no one ships on a rate over a fraction of the run
+        lines += ["", style(f"only {judged} (the pass rate and the means are over the judged ones)", fg="yellow")]
     if result.comparison:
         lines += [""] + comparison_lines(result.comparison)
     verdict = style("PASS", fg="green", bold=True) if result.passed else style("FAIL", fg="red", bold=True)

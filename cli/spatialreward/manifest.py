@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import IO, Iterator
 
-from .constants import IMAGE_EXTENSIONS
+from .constants import IMAGE_EXTENSIONS, MAX_SOURCES
 from .errors import InputError, ManifestError
 from .sample import Sample
 
@@ -24,7 +24,7 @@ _SURROGATES = re.compile("[\udc80-\udcff]")
 
 INSTRUCTION_KEYS = ("instruction", "prompt")
 SOURCE_KEYS = ("source", "input_image")
-EDITED_KEYS = ("edited", "output_image", "output_images")
+EDITED_KEYS = ("edited", "output_image", "output_images", "image")  # "image": a text-to-image row (no source)
 ID_KEYS = ("id",)
 FOLDER_NAME_KEYS = ("name", "id")
 
@@ -78,14 +78,23 @@ def _json_objects(handle: IO[str], name: str) -> Iterator[tuple[int, str, dict |
             yield number, origin, _bad(f"line-{number}", origin, "not valid UTF-8 text (save the manifest as UTF-8)")
             continue
         try:
-            entry = json.loads(line)
+            # Without its line break: a line cut short is reported where it ends
+            # (column N of this line), not at "line 2 column 1" of a one-line text.
+            entry = json.loads(line.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
-            yield number, origin, _bad(f"line-{number}", origin, f"invalid JSON: {exc.msg.removesuffix(' at')} (column {exc.colno})")
+            yield number, origin, _bad(f"line-{number}", origin, f"invalid JSON: {_json_problem(exc)}")
             continue
         if not isinstance(entry, dict):
             yield number, origin, _bad(f"line-{number}", origin, "a manifest line must be a JSON object")
             continue
         yield number, origin, entry
+
+
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    """"Expecting ',' delimiter (column 12)"; "Unterminated string starting at column 9"."""
+    if exc.msg.endswith(" at"):
+        return f"{exc.msg} column {exc.colno}"
+    return f"{exc.msg} (column {exc.colno})"
 
 
 def _read_jsonl(handle: IO[str], name: str, base: Path) -> Iterator[Sample]:
@@ -115,6 +124,16 @@ def _resolve(value, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path))
 
 
+def _known_paths(value, base: Path, most: int):
+    """``value`` resolved when it is a usable path, or a list of 1..``most``
+    paths (one: that path); else None."""
+    values = value if isinstance(value, list) else [value]
+    if not 1 <= len(values) <= most or not all(isinstance(v, str) and v for v in values):
+        return None
+    resolved = [_resolve(v, base) for v in values]
+    return resolved[0] if len(resolved) == 1 else resolved
+
+
 def _derived_id(source, edited, instruction) -> str:
     text = json.dumps([source, edited, instruction], ensure_ascii=False)
     return "e-" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
@@ -130,32 +149,37 @@ def _entry_samples(entry: dict, origin: str, base: Path, number: int) -> Iterato
     fallback_id = sample_id or f"line-{number}"
 
     problem = None
+    t2i = source is None and ed_key == "image"  # {"prompt", "image"}: text-to-image (--protocol t2i-spatial)
     if raw_id is not None and sample_id is None:
         problem = "'id' must be a non-empty string or integer"
-    elif source is None:
+    elif source is None and not t2i:
         problem = "missing field 'source' (or 'input_image')"
     elif edited is None:
         problem = "missing field 'edited' (or 'output_image' / 'output_images')"
     elif instruction is None:
-        problem = "missing field 'instruction' (or 'prompt')"
+        problem = "missing field 'prompt'" if t2i else "missing field 'instruction' (or 'prompt')"
     elif not isinstance(instruction, str) or not instruction.strip():
         problem = "empty instruction" if isinstance(instruction, str) else "'instruction' must be a string"
-    if problem is None and isinstance(source, list):
-        if len(source) != 1:
-            problem = f"'{src_key}' lists {len(source)} source images; exactly one is supported"
-        else:
-            source = source[0]
-    if problem is None and (not isinstance(source, str) or not source):
-        problem = f"'{src_key}' must be a path"
+    sources = source if isinstance(source, list) else [source]
+    if t2i:
+        sources = []
+    elif problem is None and not 1 <= len(sources) <= MAX_SOURCES:
+        problem = f"'{src_key}' lists {len(sources)} source images; an edit takes 1 to {MAX_SOURCES}"
+    if problem is None and not all(isinstance(s, str) and s for s in sources):
+        problem = f"'{src_key}' must be a path or a list of paths"
     candidates = edited if isinstance(edited, list) else [edited]
     if problem is None and (not candidates or not all(isinstance(c, str) and c for c in candidates)):
         problem = f"'{ed_key}' must be a path or a non-empty list of paths"
     if problem is not None:
+        # The paths that are known stay on the error record: the report shows its images beside the problem.
         yield _bad(fallback_id, origin, problem, meta=meta,
-                   instruction=instruction if isinstance(instruction, str) else None)
+                   instruction=instruction if isinstance(instruction, str) else None,
+                   source=None if t2i else _known_paths(source, base, MAX_SOURCES),
+                   edited=_known_paths(edited, base, 1))
         return
 
-    source = _resolve(source, base)
+    resolved_sources = [_resolve(s, base) for s in sources]
+    source = None if t2i else resolved_sources[0] if len(resolved_sources) == 1 else resolved_sources
     resolved = [_resolve(c, base) for c in candidates]
     sample_id = sample_id or _derived_id(source, resolved if isinstance(edited, list) else resolved[0], instruction)
     yield from _expand(sample_id, source, resolved, isinstance(edited, list), instruction.strip(), meta, origin)
@@ -177,6 +201,30 @@ def _find_image(folder: Path, name: str) -> tuple[Path | None, str | None]:
     if len(found) > 1:
         return None, f"several images named {name}.* in {folder}"
     return (found[0], None) if found else (None, None)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted by file name (other files ignored)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _find_sources(folder: Path, name: str) -> tuple[str | list[str] | None, str | None]:
+    """The source image(s) of ``name`` in a folder manifest: ``source/NAME.*`` (one
+    source, a path), else the images in ``source/NAME/`` in file-name order (several,
+    a list; one image there is one source, a path), or (None, the problem)."""
+    single, problem = _find_image(folder, name)
+    if problem:
+        return None, problem
+    if single is not None:
+        return str(single), None
+    images = _images_in(folder / name)
+    if not images:
+        return None, f"no source image {folder / name}.* nor images in {folder / name}/"
+    if len(images) > MAX_SOURCES:
+        return None, f"{len(images)} source images in {folder / name}/; an edit takes 1 to {MAX_SOURCES}"
+    return (str(images[0]) if len(images) == 1 else [str(p) for p in images]), None
 
 
 def _check_folder(root: Path, edited_root: Path) -> None:
@@ -204,27 +252,31 @@ def _read_folder(root: Path, edited_root: Path) -> Iterator[Sample]:
                 yield _bad(f"line-{number}", origin, "missing or invalid 'name' (the image file stem)", meta=meta)
                 continue
             if not isinstance(instruction, str) or not instruction.strip():
-                yield _bad(name, origin, "missing or empty 'instruction'", meta=meta)
+                # The images that are there stay on the error record (the report shows them).
+                known_edited, _ = _find_image(edited_root, name)
+                yield _bad(name, origin, "missing or empty 'instruction'", meta=meta,
+                           instruction=instruction if isinstance(instruction, str) else None,
+                           source=_find_sources(root / "source", name)[0],
+                           edited=str(known_edited) if known_edited else None)
                 continue
-            source, problem = _find_image(root / "source", name)
+            source, problem = _find_sources(root / "source", name)
             if source is None:
-                yield _bad(name, origin, problem or f"no source image {root / 'source' / name}.*", meta=meta,
-                           instruction=instruction)
+                yield _bad(name, origin, problem, meta=meta, instruction=instruction)
                 continue
             edited, problem = _find_image(edited_root, name)
             if problem:
-                yield _bad(name, origin, problem, meta=meta, instruction=instruction)
+                yield _bad(name, origin, problem, meta=meta, instruction=instruction, source=source)
                 continue
             if edited is not None:
-                yield from _expand(name, str(source), [str(edited)], False, instruction.strip(), meta, origin)
+                yield from _expand(name, source, [str(edited)], False, instruction.strip(), meta, origin)
                 continue
             folder = edited_root / name
             candidates = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
             if not candidates:
                 yield _bad(name, origin, f"no edited image {edited_root / name}.* nor images in {folder}/", meta=meta,
-                           instruction=instruction, source=str(source))
+                           instruction=instruction, source=source)
                 continue
-            yield from _expand(name, str(source), [str(c) for c in candidates], True, instruction.strip(), meta, origin)
+            yield from _expand(name, source, [str(c) for c in candidates], True, instruction.strip(), meta, origin)
 
 
 def _dedupe(samples: Iterator[Sample]) -> Iterator[Sample]:

@@ -1,4 +1,4 @@
-"""The JSON record written for each edit (documented in README "Record format")."""
+"""The JSON record written for each edit (documented in docs/manifests-and-records.md, "Record format")."""
 
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ def _path(value) -> str | None:
         return None
     if isinstance(value, (str, Path)):
         return str(value)
+    if isinstance(value, (list, tuple)):  # several source images
+        return [_path(v) for v in value]
     return f"<{value.__class__.__name__}>"
 
 
-def _round(value: float) -> float:
-    return round(value, 6)
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def reward_fields(reward: Reward | None) -> dict:
@@ -65,6 +67,8 @@ def build_record(result: JudgeResult, *, model: str, judge_hash: str, config_has
     }
     if result.error and sample.origin:
         record["error"]["origin"] = sample.origin
+    if result.kind == "t2i":
+        _t2i_fields(record, result)
     if result.sc:
         first_sc = result.sc[0]
         record["regions"] = [
@@ -100,12 +104,37 @@ def build_record(result: JudgeResult, *, model: str, judge_hash: str, config_has
     return record
 
 
+def _t2i_fields(record: dict, result: "JudgeResult") -> None:
+    """A t2i-spatial record: ``kind`` "t2i", the image in ``edited`` (``source``
+    null), the prompt in ``instruction``; ``scores`` {spatial, presence};
+    ``objects`` (label, bbox_2d on 0..1000, bbox_px), ``relations`` (the
+    model's and the geometry's verdicts), ``t2i`` (the reward's parts)."""
+    record["kind"] = "t2i"
+    record["scores"] = ({k: _round(v) for k, v in result.t2i_scores.items()} if result.t2i_scores else None)
+    record["objects"] = None
+    record["relations"] = None
+    record["t2i"] = None
+    if result.t2i:
+        answer = result.t2i[0].answer
+        record["objects"] = [{"label": o.label, "bbox_2d": None if o.bbox_2d is None else list(o.bbox_2d),
+                              "bbox_px": None if o.bbox_2d is None else pixel_box(o.bbox_2d, result.edited_size)}
+                             for o in answer.objects]
+        record["reasoning"] = {"t2i": answer.reasoning}
+        record["raw"] = {"t2i": result.t2i[0].raw}
+        if result.t2i[0].failed_raw:
+            record["raw_failed"] = {"t2i": result.t2i[0].failed_raw}
+    if result.verdicts is not None:
+        record["relations"] = result.verdicts
+    if result.t2i_parts is not None:
+        record["t2i"] = {k: _round(v) if isinstance(v, float) else v for k, v in result.t2i_parts.items()}
+
+
 def parse_notes(result: "JudgeResult") -> list[str]:
     """What parsing tolerated in the answers behind this record ("sc: score
     given as strings"; "sc pass 2: ..." with several passes): nothing silent."""
-    several = max(len(result.sc), len(result.pq)) > 1
+    several = max(len(result.sc), len(result.pq), len(result.t2i)) > 1
     notes = []
-    for kind, judgments in (("sc", result.sc), ("pq", result.pq)):
+    for kind, judgments in (("sc", result.sc), ("pq", result.pq), ("t2i", result.t2i)):
         for index, judgment in enumerate(judgments):
             where = f"{kind} pass {index + 1}" if several else kind
             notes.extend(f"{where}: {note}" for note in getattr(judgment.answer, "notes", ()))

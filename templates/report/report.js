@@ -9,15 +9,15 @@
                 "#0aa1a8", "#d4a017", "#f032e6", "#6b8e23", "#8b4513"];
   var FRAME = 160;       // px, the longest side of a thumbnail frame
   var SOURCE_FRAME = 160;
-  var NCOLS = 11;
-  var DIMS = ["success", "overediting", "naturalness", "artifacts"];
-  var GETTERS = {
-    reward: function (r) { return r.r; },
-    overall: function (r) { return r.o; },
-    sc: function (r) { return r.sc; },
-    pq: function (r) { return r.pq; }
-  };
-  DIMS.forEach(function (d, i) { GETTERS[d] = function (r) { return r.s ? r.s[i] : undefined; }; });
+  // The numeric columns (edit records: reward, overall, SC, PQ, the four raw
+  // scores; text-to-image records: reward, spatial, presence, verified).
+  var COLUMNS = data.columns || [];
+  var NCOLS = 3 + COLUMNS.length;
+  var GETTERS = {};
+  COLUMNS.forEach(function (c) {
+    GETTERS[c.key] = c.i != null ? function (r) { var v = r[c.f]; return v ? v[c.i] : undefined; }
+                                 : function (r) { return r[c.f]; };
+  });
 
   // Units: a single record or a group, members in rank order (best first).
   var units = data.units.map(function (members, i) {
@@ -55,7 +55,9 @@
     if (state.q) {
       var q = state.q;
       var hay = (r.id + "\n" + r.ins + "\n" + (r.g || "") + "\n" + (r.em || "") + "\n" +
-                 (r.b ? r.b.map(function (b) { return b[5]; }).join("\n") : "")).toLowerCase();
+                 (r.b ? r.b.map(function (b) { return b[5]; }).join("\n") : "") + "\n" +
+                 (r.ab ? r.ab.join("\n") : "") + "\n" +
+                 (r.rl ? r.rl.map(function (x) { return x.slice(0, 3).join(" "); }).join("\n") : "")).toLowerCase();
       if (hay.indexOf(q) < 0) return false;
     }
     return true;
@@ -125,14 +127,36 @@
     return null;
   }
 
+  function sourceFigures(r) {
+    // r.sp: one path, or a list of paths (several sources, in order); r.si the same shape
+    if (!Array.isArray(r.sp)) {
+      var one = el("figure", "thumb");
+      one.appendChild(frame(r.si, r.sp, null, SOURCE_FRAME, "source"));
+      one.appendChild(el("figcaption", null, basename(r.sp)));
+      return one;
+    }
+    var box = el("div", "sources");
+    var side = Math.max(48, Math.round(SOURCE_FRAME / Math.min(r.sp.length, 2)));
+    r.sp.forEach(function (path, i) {
+      var fig = el("figure", "thumb");
+      var key = Array.isArray(r.si) ? r.si[i] : undefined;
+      var f = frame(key, path, null, side, "source " + (i + 1));
+      f.className = "frame source";
+      fig.appendChild(f);
+      fig.appendChild(el("figcaption", null, (i + 1) + ". " + basename(path)));
+      fig.style.maxWidth = side + "px";
+      box.appendChild(fig);
+    });
+    return box;
+  }
+
   function imagesCell(r) {
+    var t2i = r.k === "t2i";
     var td = el("td", "imgs");
     var pair = el("div", "pair");
-    var src = el("figure", "thumb");
-    src.appendChild(frame(r.si, r.sp, null, SOURCE_FRAME, "source"));
-    src.appendChild(el("figcaption", null, basename(r.sp)));
+    var src = t2i ? null : sourceFigures(r);
     var edt = el("figure", "thumb");
-    var f = frame(r.ei, r.ep, r.sz, FRAME, "edited");
+    var f = frame(r.ei, r.ep, r.sz, FRAME, t2i ? "image" : "edited");
     (r.b || []).forEach(function (b, i) {
       var color = COLORS[i % COLORS.length];
       var box = el("div", "box");
@@ -142,15 +166,17 @@
       box.style.height = ((b[3] - b[1]) / 10) + "%";
       box.style.borderColor = color;
       box.title = b[4] + ": " + b[5];
-      var tag = el("span", "boxnum", String(b[4]));
+      var tag = el("span", "boxnum" + (t2i ? " boxlabel" : ""), t2i ? b[5] : String(b[4]));
       tag.style.background = color;
       box.appendChild(tag);
       f.appendChild(box);
     });
     edt.appendChild(f);
     edt.appendChild(el("figcaption", null, basename(r.ep)));
-    pair.appendChild(src);
-    pair.appendChild(el("span", "arrow-sep", "→"));
+    if (src) {
+      pair.appendChild(src);
+      pair.appendChild(el("span", "arrow-sep", "→"));
+    }
     pair.appendChild(edt);
     td.appendChild(pair);
     if (r.b && r.b.length) {
@@ -166,9 +192,41 @@
       });
       td.appendChild(legend);
     } else if (r.st === "ok") {
-      td.appendChild(el("p", "legend none", "no edit region predicted"));
+      td.appendChild(el("p", "legend none", t2i ? "no object found" : "no edit region predicted"));
     }
+    if (r.ab && r.ab.length) td.appendChild(el("p", "legend absent", "not found: " + r.ab.join(", ")));
     return td;
+  }
+
+  function verdictCell(v) {
+    return el("td", "v " + (v === true ? "yes" : v === false ? "no" : "unknown"),
+              v === true ? "yes" : v === false ? "no" : "–");
+  }
+
+  // A text-to-image record's relations: the model's and the geometry's verdicts.
+  function relationsTable(r) {
+    var table = el("table", "rels");
+    var head = el("tr");
+    ["subject", "relation", "object", "model", "geometry", "agree", "decided by"].forEach(function (h) {
+      head.appendChild(el("th", null, h));
+    });
+    var thead = el("thead");
+    thead.appendChild(head);
+    table.appendChild(thead);
+    var body = el("tbody");
+    r.rl.forEach(function (x) {
+      var tr = el("tr", "rel");
+      tr.appendChild(el("td", "subj", x[0]));
+      tr.appendChild(el("td", "relname", x[1]));
+      tr.appendChild(el("td", "obj", x[2]));
+      tr.appendChild(verdictCell(x[3]));
+      tr.appendChild(verdictCell(x[4]));
+      tr.appendChild(verdictCell(x[5]));
+      tr.appendChild(el("td", "by " + x[6], x[6]));
+      body.appendChild(tr);
+    });
+    table.appendChild(body);
+    return table;
   }
 
   var MARKER = /<\|bbox_(\d+)\|>|<\|global\|>/g;
@@ -233,9 +291,10 @@
     if (r.g != null) head.appendChild(el("span", "chip rank", r.rk != null ? "rank " + r.rk : "unranked"));
     if (r.cat != null) head.appendChild(el("span", "chip cat", r.cat));
     if (r.rep) head.appendChild(el("span", "chip rep", "repaired"));
+    if (r.k === "t2i" && data.kind !== "t2i") head.appendChild(el("span", "chip kind", "t2i"));
     head.appendChild(el("span", "chip status " + (r.st === "ok" ? "ok" : "err"), r.st));
     td.appendChild(head);
-    td.appendChild(el("p", "ins", r.ins || "(no instruction)"));
+    td.appendChild(el("p", "ins", r.ins || (r.k === "t2i" ? "(no prompt)" : "(no instruction)")));
     if (r.st !== "ok") {
       var box = el("div", "error-box");
       box.appendChild(el("span", "stage", r.es));
@@ -243,8 +302,13 @@
       if (r.eo) box.appendChild(el("span", "origin mono", r.eo));
       td.appendChild(box);
     }
+    if (r.rl) {
+      if (r.rl.length) td.appendChild(relationsTable(r));
+      else td.appendChild(el("p", "legend none", "no relation stated"));
+    }
     if (r.rs) td.appendChild(reasoning(r, "SC", r.rs));
     if (r.rp) td.appendChild(reasoning(r, "PQ", r.rp));
+    if (r.rt) td.appendChild(reasoning(r, "T2I", r.rt));
     return td;
   }
 
@@ -261,11 +325,10 @@
     tr.appendChild(imagesCell(r));
     tr.appendChild(editCell(r));
     var pass = r.r != null ? (r.r >= data.threshold ? "pass" : "fail") : "";
-    tr.appendChild(numCell(r.r, 3, "reward " + pass));
-    tr.appendChild(numCell(r.o, 2, "overall"));
-    tr.appendChild(numCell(r.sc, 2, "sc"));
-    tr.appendChild(numCell(r.pq, 2, "pq"));
-    for (var i = 0; i < 4; i++) tr.appendChild(numCell(r.s ? r.s[i] : null, 1, "raw " + DIMS[i]));
+    COLUMNS.forEach(function (c) {
+      var cls = c.key === "reward" ? "reward " + pass : (c.raw ? "raw " : "") + c.key;
+      tr.appendChild(numCell(GETTERS[c.key](r), c.digits, cls));
+    });
     return tr;
   }
 

@@ -24,6 +24,12 @@ JS inlined, the rows as JSON in a ``<script type="application/json">`` block
 thumbnails as ``data:`` URIs. The script renders one page of rows at a time
 and never puts record text into HTML (``textContent`` only); a
 Content-Security-Policy forbids any network access and any script but its own.
+
+Text-to-image records (``"kind": "t2i"``, protocol ``t2i-spatial``) get their
+own row shape (``page_record``: the prompt, the image with the model's object
+boxes, each labelled, and the relations' verdicts, which the page shows as a
+table: subject, relation, object, model, geometry, agree, decided by) and the
+page its own columns and headline metrics (``columns_of``, ``summary.metrics_of``).
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ import heapq
 import io
 import json
 import math
-import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,10 +48,12 @@ from typing import Iterable, TextIO
 
 from .. import __version__
 from ..aggregate import DIMENSIONS
+from ..constants import MAX_SOURCES
 from ..numbers import is_number
+from ..output import exclusive, replacing
 from ..resources import read_template
-from ..results import read_records, walk_units
-from ..summary import METRICS, STAGES, SummaryBuilder
+from ..results import T2I_KIND, is_t2i, read_records, walk_units
+from ..summary import MIXED_KIND, STAGES, SummaryBuilder, judged_line, metric_digits, metrics_of
 from .thumbnails import THUMBNAIL_SIDE, ThumbnailStore
 
 DEFAULT_IMAGES = 300  # rows (in the default order) that get embedded thumbnails
@@ -74,6 +81,15 @@ def _path(value) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _sources(value) -> str | list | None:
+    """A record's ``source``: one path, or (several sources) the list of them in
+    order, at most ``MAX_SOURCES`` (an entry that is not a path becomes None)."""
+    if isinstance(value, list):
+        paths = [_path(v) for v in value[:MAX_SOURCES]]
+        return paths[0] if len(paths) == 1 else (paths or None)
+    return _path(value)
+
+
 def _regions(regions) -> list:
     """[[x1, y1, x2, y2, id, label], ...] clamped to 0..1000; malformed ones skipped."""
     out = []
@@ -92,6 +108,57 @@ def _regions(regions) -> list:
     return out
 
 
+def _objects(objects) -> tuple[list, list]:
+    """A t2i record's objects: boxes as ``_regions`` gives them (id = the
+    object's index, label), and the labels of objects without a box."""
+    boxed, absent = [], []
+    for index, item in enumerate(objects if isinstance(objects, list) else ()):
+        if not isinstance(item, dict):
+            continue
+        label = _text(item.get("label"), MAX_LABEL) or ""
+        box = _regions([{"id": index, "label": label, "bbox_2d": item.get("bbox_2d")}])
+        if box:
+            boxed += box
+        else:
+            absent.append(label)
+    return boxed, absent
+
+
+def _verdict(value):
+    return value if isinstance(value, bool) else None
+
+
+def _relations(relations) -> list:
+    """[[subject, relation, object, model, geometry, agree, decided_by], ...]."""
+    out = []
+    for item in relations if isinstance(relations, list) else ():
+        if not isinstance(item, dict):
+            continue
+        out.append([_text(item.get(k), MAX_LABEL) or "" for k in ("subject", "relation", "object")]
+                   + [_verdict(item.get(k)) for k in ("model", "geometry", "agree")]
+                   + [str(item.get("decided_by") or "none")])
+    return out
+
+
+def _t2i_fields(row: dict, record: dict, reasoning: dict) -> None:
+    row["k"] = "t2i"
+    if record.get("status") != "ok":
+        return
+    scores = record.get("scores") or {}
+    parts = record.get("t2i") if isinstance(record.get("t2i"), dict) else {}
+    row.update(r=record["reward"], ts=scores.get("spatial"), tp=scores.get("presence"),
+               vf=parts.get("verified_fraction"))
+    boxes, absent = _objects(record.get("objects"))
+    if boxes:
+        row["b"] = boxes
+    if absent:
+        row["ab"] = absent
+    row["rl"] = _relations(record.get("relations"))
+    text = _text(reasoning.get("t2i"), MAX_REASONING)
+    if text:
+        row["rt"] = text
+
+
 def page_record(record: dict) -> dict:
     """The fields of a record the page shows, under short keys."""
     ok = record.get("status") == "ok"
@@ -103,10 +170,12 @@ def page_record(record: dict) -> dict:
         "id": str(record.get("id")),
         "st": "ok" if ok else "error",
         "ins": _text(record.get("instruction"), MAX_INSTRUCTION) or "",
-        "sp": _path(record.get("source")),
+        "sp": _sources(record.get("source")),  # a path, or a list of them (several sources)
         "ep": _path(record.get("edited")),
     }
-    if ok:
+    if is_t2i(record):
+        _t2i_fields(row, record, reasoning)
+    elif ok:
         scores = record["scores"]
         row.update(r=record["reward"], o=record["overall"], sc=record["sc"], pq=record["pq"],
                    s=[scores[d] for d in DIMENSIONS])
@@ -117,6 +186,7 @@ def page_record(record: dict) -> dict:
             text = _text(reasoning.get(name), MAX_REASONING)
             if text:
                 row[key] = text
+    if ok:
         if record.get("repaired"):
             row["rep"] = True
     else:
@@ -142,6 +212,7 @@ def worst_record(record: dict) -> dict:
         "status": record.get("status"),
         "reward": record.get("reward") if record.get("status") == "ok" else None,
         "instruction": _text(record.get("instruction"), 300),
+        **({"kind": T2I_KIND} if is_t2i(record) else {}),
         "error": {"stage": error.get("stage"), "message": _text(error.get("message"), 300)} if error else None,
         "meta": {"category": (record.get("meta") or {}).get("category")} if isinstance(record.get("meta"), dict) else {},
     }
@@ -246,13 +317,18 @@ def read_report_data(records_path: Path | str, *, threshold: float, limit: int |
 def attach_thumbnails(units: list[list[dict]], images: int, store: ThumbnailStore) -> None:
     """Give the first rows (a group whole) thumbnails, until ``images`` records
     have them: sets ``si``/``ei`` (image keys from ``store``, one per distinct
-    path, or None for a record without a path) on those records."""
+    path, or None for a record without a path; ``si`` a list of keys for a
+    record with several sources) on those records."""
     given = 0
     for members in units:
         if given >= images:
             break
         for row in members:
-            row["si"] = store.key(row["sp"]) if row.get("sp") else None
+            sources = row.get("sp")
+            if isinstance(sources, list):
+                row["si"] = [store.key(path) if path else None for path in sources]
+            else:
+                row["si"] = store.key(sources) if sources else None
             row["ei"] = store.key(row["ep"]) if row.get("ep") else None
             given += 1
 
@@ -320,13 +396,63 @@ def _fmt(value, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+# The table's numeric columns: key (sort key, cell class), label, title,
+# digits, the row field holding the value (and its index in a list), raw (a
+# 0..25 score: narrower).
+_EDIT_COLUMNS = [
+    {"key": "reward", "label": "reward", "title": "reward 0..1", "digits": 3, "f": "r"},
+    {"key": "overall", "label": "overall", "title": "overall 0..10", "digits": 2, "f": "o"},
+    {"key": "sc", "label": "SC", "title": "semantic consistency 0..10", "digits": 2, "f": "sc"},
+    {"key": "pq", "label": "PQ", "title": "perceptual quality 0..10", "digits": 2, "f": "pq"},
+] + [{"key": dim, "label": label, "title": title, "digits": 1, "f": "s", "i": index, "raw": True}
+     for index, (dim, label, title) in enumerate((
+         ("success", "success", "raw 0..25"),
+         ("overediting", "over\u00adediting", "raw 0..25, 25 = minimal edit"),
+         ("naturalness", "natural\u00adness", "raw 0..25"),
+         ("artifacts", "arti\u00adfacts", "raw 0..25, 25 = none")))]
+_T2I_COLUMNS = [
+    {"key": "spatial", "label": "spatial", "title": "spatial correctness, raw 0..25", "digits": 1, "f": "ts", "raw": True},
+    {"key": "presence", "label": "presence", "title": "object presence, raw 0..25", "digits": 1, "f": "tp", "raw": True},
+    {"key": "verified_fraction", "label": "verified", "digits": 3, "f": "vf",
+     "title": "share of the relations decided by the boxes' geometry that hold (0..1; – when none was decidable)"},
+]
+
+
+def columns_of(kind: str) -> list[dict]:
+    """The table's numeric columns for a summary of ``kind`` (edit, t2i, mixed)."""
+    if kind == T2I_KIND:
+        columns = _EDIT_COLUMNS[:1] + _T2I_COLUMNS
+    elif kind == MIXED_KIND:
+        columns = _EDIT_COLUMNS + _T2I_COLUMNS
+    else:
+        columns = _EDIT_COLUMNS
+    return [{"raw": False, "i": None, **column} for column in columns]
+
+
+_NOUNS = {T2I_KIND: ("image", "images"), MIXED_KIND: ("record", "records")}
+
+
+def _relations_context(relations: dict | None) -> dict | None:
+    if not relations:
+        return None
+    decided = relations.get("decided_by") or {}
+    rate = relations.get("agreement_rate")
+    return {
+        "judged": relations.get("judged", 0),
+        "geometry": decided.get("geometry", 0), "model": decided.get("model", 0), "none": decided.get("none", 0),
+        "compared": relations.get("compared", 0), "agreed": relations.get("agreed", 0),
+        "agreement": "–" if rate is None else f"{rate:.1%}",
+    }
+
+
 def _header_context(data: ReportData, *, title: str, source: str, images: int, image_count: int) -> dict:
     summary = data.summary
     stats = summary["stats"]
+    kind = summary.get("kind", "edit")
     metrics = []
-    for metric in METRICS:
+    for metric in metrics_of(kind):
         s = stats.get(metric)
-        digits = 3 if metric == "reward" else 2
+        digits = metric_digits(metric)
         metrics.append({
             "name": metric,
             "values": [_fmt(s and s[k], digits) for k in ("mean", "median", "p10", "p90", "min", "max")],
@@ -351,6 +477,7 @@ def _header_context(data: ReportData, *, title: str, source: str, images: int, i
         "summary": summary,
         "threshold": f"{summary['threshold']:g}",
         "pass_rate": "–" if summary["pass_rate"] is None else f"{summary['pass_rate']:.1%}",
+        "judged": judged_line(summary, _NOUNS.get(kind, ("edit", "edits"))[1]),
         "reward": {k: _fmt(reward and reward[k], 3) for k in ("mean", "median", "p10", "p90")},
         "metrics": metrics,
         "stages": stages,
@@ -362,6 +489,11 @@ def _header_context(data: ReportData, *, title: str, source: str, images: int, i
         "limit": data.limit,
         "images": images,
         "image_count": image_count,
+        "kind": kind,
+        "noun": _NOUNS.get(kind, ("edit", "edits")),
+        "columns": columns_of(kind),
+        "relations": _relations_context(summary.get("relations")),
+        "kinds": summary.get("kinds"),
     }
 
 
@@ -396,6 +528,8 @@ def write_page(handle: TextIO, data: ReportData, *, title: str, source: str, ima
     middle, tail = rest.split(images_mark)
     handle.write(head)
     meta = {
+        "kind": context["kind"],
+        "columns": context["columns"],
         "threshold": data.summary["threshold"],
         "imagesFlag": images,
         "unitsTotal": data.units_total,
@@ -425,15 +559,8 @@ def render_html(data: ReportData, **kwargs) -> str:
 def _write_atomic(path: Path, write) -> None:
     """``write(handle)`` into a temporary file next to ``path``, then rename it
     over ``path``: a failed or interrupted run leaves no half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with replacing(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as handle:
+        write(handle)
 
 
 def write_html_report(records_path: Path | str, out_path: Path | str, *, threshold: float = 0.5,
@@ -452,10 +579,11 @@ def write_html_report(records_path: Path | str, out_path: Path | str, *, thresho
     records_path = Path(records_path)
     data = read_report_data(records_path, threshold=threshold, limit=limit, worst=markdown_worst)
     title = title or f"SpatialReward report: {records_path.name}"
-    _write_atomic(Path(out_path), lambda handle: write_page(
-        handle, data, title=title, source=str(records_path), images=images,
-        thumbnail_side=thumbnail_side, workers=workers))
-    if markdown_path is not None:
-        text = render_markdown(data.summary, data.worst, title=title, source=records_path.name)
-        _write_atomic(Path(markdown_path), lambda handle: handle.write(text))
+    with exclusive(("-o", out_path), ("--markdown", markdown_path)):  # re-entered under `spatialreward report`
+        _write_atomic(Path(out_path), lambda handle: write_page(
+            handle, data, title=title, source=str(records_path), images=images,
+            thumbnail_side=thumbnail_side, workers=workers))
+        if markdown_path is not None:
+            text = render_markdown(data.summary, data.worst, title=title, source=records_path.name)
+            _write_atomic(Path(markdown_path), lambda handle: handle.write(text))
     return data

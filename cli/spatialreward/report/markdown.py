@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ..summary import METRICS, STAGES
+from ..summary import MIXED_KIND, STAGES, judged_line, metric_digits, metrics_of
 
 INSTRUCTION_CHARS = 80
 MESSAGE_CHARS = 120
@@ -38,8 +38,12 @@ def _pct(value) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
-def _digits(metric: str) -> int:
-    return 3 if metric == "reward" else 2
+_NOUNS = {"t2i": ("image", "images", "prompt"), MIXED_KIND: ("record", "records", "instruction / prompt")}
+
+
+def _nouns(summary: dict) -> tuple[str, str, str]:
+    """(singular, plural, what the text is) for a summary's kind of records."""
+    return _NOUNS.get(summary.get("kind"), ("edit", "edits", "instruction"))
 
 
 def _errors_text(errors: dict) -> str:
@@ -63,37 +67,57 @@ def render_markdown(summary: dict, records_worst: list[dict], *, title: str = "S
     errors by stage, per-category table (when the summary has categories) and
     a "worst edits" table of ``records_worst`` (records as in the results file;
     only ``id``, ``status``, ``error``, ``reward`` and ``instruction`` are
-    read), in the order given.
+    read), in the order given. A summary of text-to-image records (``kind``
+    t2i) shows their metrics (reward, spatial, presence, verified_fraction)
+    and a relations table, and speaks of images and prompts.
 
     ``source`` (the scores file's name) is shown under the title; ``worst_note``
     describes the order of ``records_worst`` in the table's heading."""
+    _, plural, text_name = _nouns(summary)
+    kind = summary.get("kind", "edit")
     out = [f"# {md_escape(title)}", ""]
     if source:
         out += [f"Scores: `{source.replace('`', '')}`", ""]
     errors = summary.get("errors_by_stage") or {}
+    if kind == MIXED_KIND:
+        kinds = summary.get("kinds") or {}
+        out += [f"**Warning**: a mixed file: {kinds.get('edit', 0)} edit records and {kinds.get('t2i', 0)} "
+                "text-to-image (t2i) records; their rewards are not comparable.", ""]
     out.append(
-        f"**{summary['total']} edits**: {summary['ok']} ok, {summary['error']} error "
+        f"**{summary['total']} {plural}**: {summary['ok']} ok, {summary['error']} error "
         f"({_errors_text(errors)}), {summary.get('repaired', 0)} repaired"
     )
     out.append("")
     rate = summary.get("pass_rate")
     threshold = summary.get("threshold")
+    judged = judged_line(summary, plural)
     out.append(
         f"**Pass rate** at reward ≥ {threshold:g}: "
-        + ("– (no judged edits)" if rate is None else f"**{_pct(rate)}** ({summary['passed']}/{summary['ok']} judged edits)")
+        + (f"– (no judged {plural})" if rate is None
+           else f"**{_pct(rate)}** ({summary['passed']}/{summary['ok']} judged {plural})")
+        + (f" — **only {judged}** (not in the pass rate nor the means)" if judged else "")
     )
     out.append("")
 
     out += ["| metric | mean | median | p10 | p90 |", "|---|---:|---:|---:|---:|"]
     stats = summary.get("stats") or {}
-    for metric in METRICS:
+    for metric in metrics_of(kind):
         s = stats.get(metric)
-        d = _digits(metric)
+        d = metric_digits(metric)
         if s is None:
             out.append(f"| {metric} | – | – | – | – |")
         else:
             out.append(f"| {metric} | {_num(s['mean'], d)} | {_num(s['median'], d)} | {_num(s['p10'], d)} | {_num(s['p90'], d)} |")
     out.append("")
+
+    relations = summary.get("relations")
+    if relations:
+        decided = relations.get("decided_by") or {}
+        out += ["**Relations**", "", "| relations judged | decided by geometry | by the model alone | undecided "
+                "| model/geometry agreement |", "|---:|---:|---:|---:|---:|",
+                f"| {relations.get('judged', 0)} | {decided.get('geometry', 0)} | {decided.get('model', 0)} | "
+                f"{decided.get('none', 0)} | {_pct(relations.get('agreement_rate'))} "
+                f"({relations.get('agreed', 0)}/{relations.get('compared', 0)}) |", ""]
 
     if summary.get("error"):
         out += ["**Errors by stage**", "", "| stage | count |", "|---|---:|"]
@@ -104,7 +128,7 @@ def render_markdown(summary: dict, records_worst: list[dict], *, title: str = "S
 
     categories = summary.get("categories") or {}
     if categories:
-        out += ["**By category**", "", "| category | edits | ok | error | mean reward | pass rate |",
+        out += ["**By category**", "", f"| category | {plural} | ok | error | mean reward | pass rate |",
                 "|---|---:|---:|---:|---:|---:|"]
         for name, cat in categories.items():
             reward = (cat.get("stats") or {}).get("reward")
@@ -115,10 +139,10 @@ def render_markdown(summary: dict, records_worst: list[dict], *, title: str = "S
         out.append("")
 
     if records_worst:
-        heading = f"**Worst edits** ({len(records_worst)} of {summary['total']}"
+        heading = f"**Worst {plural}** ({len(records_worst)} of {summary['total']}"
         heading += f"; {worst_note})" if worst_note else ")"
         out += [heading, "",
-                "| # | id | reward | instruction | status |", "|---:|---|---:|---|---|"]
+                f"| # | id | reward | {text_name} | status |", "|---:|---|---:|---|---|"]
         for position, record in enumerate(records_worst, start=1):
             reward = record.get("reward") if record.get("status") == "ok" else None
             out.append(
