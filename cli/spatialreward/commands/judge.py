@@ -34,6 +34,12 @@ EXIT_INTERRUPTED = 130
 @click.option("--overwrite", is_flag=True, help="Start the output afresh instead of resuming.")
 @click.option("--retry-errors", is_flag=True, help="On resume, judge again the edits recorded as errors.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad input (exit 3) instead of recording it.")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Judge on Ray Data across a cluster (--backend openai; needs -o; pip install 'spatialreward[ray]').")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="--ray: the cluster to join (e.g. ray://head:10001, auto) [default: RAY_ADDRESS, else a local Ray].")
+@click.option("--replicas", type=click.IntRange(min=1), default=None,
+              help="--ray: requests in flight per --base-url endpoint [default 8].")
 @judge_options
 @quiet_option
 @pass_params
@@ -49,6 +55,7 @@ def judge(params: dict) -> None:
     from ..runner import run
 
     backend_options(params)  # a flag of another backend: usage error before any work
+    _check_ray_flags(params)
     config = load_config(params["config_file"], config_overrides(params))
     output = Path(params["output"]) if params["output"] else None
     if output is not None:
@@ -72,13 +79,20 @@ def judge(params: dict) -> None:
             errors.add(record)
 
     try:
-        engine = load_judge(params, config)
-        with progress(total=total, disable=quiet) as bar:
-            report = run(
-                engine, samples, output,
-                overwrite=params["overwrite"], retry_errors=params["retry_errors"], strict=params["strict"],
-                on_record=on_record, on_skip=bar.skip,
-            )
+        if params["use_ray"]:
+            def counted(record: dict) -> None:
+                nonlocal written
+                written += 1
+
+            report = _run_ray(params, config, output, counted)
+        else:
+            engine = load_judge(params, config)
+            with progress(total=total, disable=quiet) as bar:
+                report = run(
+                    engine, samples, output,
+                    overwrite=params["overwrite"], retry_errors=params["retry_errors"], strict=params["strict"],
+                    on_record=on_record, on_skip=bar.skip,
+                )
     except KeyboardInterrupt:
         if output is not None:
             click.echo(f"interrupted: {written} records written to {output} by this run; run the same command "
@@ -107,6 +121,56 @@ def judge(params: dict) -> None:
         click.echo(errors.line(), err=True)
     if report.summary_file:
         click.echo(f"records: {output}  summary: {report.summary_file}", err=True)
+
+
+def _check_ray_flags(params: dict) -> None:
+    """--ray's flags: one usage line (exit 2) for a combination it does not take."""
+    if not params["use_ray"]:
+        for flag, key in (("--ray-address", "ray_address"), ("--replicas", "replicas")):
+            if params.get(key) is not None:
+                raise click.UsageError(f"{flag} applies only with --ray")
+        return
+    if params["backend"] != "openai":
+        raise click.UsageError(f"--ray judges through OpenAI-compatible servers: use --backend openai --base-url URL, "
+                               f"not --backend {params['backend']}")
+    if not params["base_urls"]:
+        raise click.UsageError("--ray needs the servers: --base-url http://HOST:PORT/v1 (repeat it for several)")
+    if not params["output"]:
+        raise click.UsageError("--ray needs -o FILE (the records are merged there; the run resumes from it)")
+    if params["strict"]:
+        raise click.UsageError("--strict does not apply to --ray (bad inputs are recorded as error records)")
+    if params.get("concurrency") is not None:
+        raise click.UsageError("--concurrency does not apply to --ray: --replicas N sets the requests in flight "
+                               "per endpoint")
+
+
+def _run_ray(params: dict, config, output: Path, on_record):
+    """``judge --ray``: spatialreward.ray.run_manifest, progress lines on stderr."""
+    from ..constants import DEFAULT_MODEL
+    from ..ray import DEFAULT_REPLICAS, load_spec, run_manifest
+
+    quiet = params["quiet"]
+    options = backend_options(params)
+    base_urls = options.pop("base_urls")
+    api_key_env = options.pop("api_key_env", None)
+    if not quiet:
+        click.echo(f"checking the servers for {config.model} (backend openai, --ray) ...", err=True)
+    spec = load_spec(base_urls=base_urls, config=config, api_key_env=api_key_env,
+                     replicas=params["replicas"] or DEFAULT_REPLICAS, backend_options=options,
+                     model_explicit=params.get("model") is not None or config.model != DEFAULT_MODEL)
+
+    def on_progress(done: int, total: int) -> None:
+        if not quiet:
+            click.echo(f"ray: {done}/{total} edits judged", err=True)
+
+    if params["manifest"] == "-":  # stdin is read once; the run walks the manifest more than once
+        samples = list(read_manifest("-"))
+        read_samples = lambda: iter(samples)  # noqa: E731
+    else:
+        read_samples = lambda: read_manifest(params["manifest"], edited_dir=params["edited_dir"])  # noqa: E731
+    return run_manifest(spec, read_samples, output, overwrite=params["overwrite"],
+                        retry_errors=params["retry_errors"], threshold=config.threshold,
+                        address=params["ray_address"], on_record=on_record, on_progress=on_progress)
 
 
 class ErrorIds:

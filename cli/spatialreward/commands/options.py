@@ -7,6 +7,7 @@ import functools
 import click
 
 from ..config import STRATEGIES, STRUCTURED_MODES
+from ..protocols import PROTOCOLS
 
 
 def _weights(ctx, param, value):
@@ -52,6 +53,9 @@ model_options = _compose(
 )
 
 generation_options = _compose(
+    click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default=None,
+                 help="What the model is asked and how: eval (the evaluation scripts', default) or reward-server "
+                      "(the released RL reward server's; its decoding defaults apply to the flags not given)."),
     click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Samples per generate() call [default 4]."),
     click.option("--passes", type=click.IntRange(min=1), default=None, help="Repeat SC and PQ with sampling; average the scores."),
     click.option("--temperature", type=click.FloatRange(min=0), default=None, help="0 = greedy (published) [default 0]."),
@@ -125,7 +129,8 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="Print less: no 
 def config_overrides(params: dict) -> dict:
     """Nested config overrides from the flags that were given."""
     tree: dict = {}
-    for flag, key in (("model", "model"), ("revision", "revision"), ("threshold", "threshold"), ("batch_size", "batch_size")):
+    for flag, key in (("model", "model"), ("revision", "revision"), ("threshold", "threshold"), ("batch_size", "batch_size"),
+                      ("protocol", "protocol")):
         if params.get(flag) is not None:
             tree[key] = params[flag]
     agg = {k: params[f] for f, k in (("aggregation", "strategy"), ("weights", "weights"), ("alpha", "alpha"))
@@ -167,8 +172,20 @@ def load_judge(params: dict, config):
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    return Judge.from_pretrained(config=config, device=params["device"], dtype=params["dtype"],
-                                 backend=params["backend"], backend_options=backend_options(params))
+    options = backend_options(params)
+    if params["backend"] == "openai":
+        # --model given (or set in the config file): a server that does not serve it is an error.
+        from ..constants import DEFAULT_MODEL
+
+        options["model_explicit"] = params.get("model") is not None or config.model != DEFAULT_MODEL
+    judge = Judge.from_pretrained(config=config, device=params["device"], dtype=params["dtype"],
+                                  backend=params["backend"], backend_options=options)
+    # Closed however the command ends (Ctrl-C included): queued work fails, the batch
+    # running finishes, no thread is left in native code at exit.
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.call_on_close(judge.close)
+    return judge
 
 
 # Everything a model-using command (judge, check, bench, serve) takes to build its Judge.
