@@ -121,6 +121,26 @@ def test_ctrl_c_exits_130_and_the_same_command_resumes(images):
     assert [r["id"] for r in read_jsonl(out)] == [f"e{i:02d}" for i in range(10)]
 
 
+@pytest.mark.parametrize("structured", ["always", "off"])
+@pytest.mark.slow  # two runs of the tiny model: --full only
+def test_ctrl_c_on_the_real_model_exits_130_without_an_abort(images, tiny_model, structured):
+    """The transformers backend (native threads: torch, xgrammar) on the tiny
+    model: SIGINT once a record is written gives exit 130, no 'terminate called'
+    abort, every written line whole, and the same command completes the run."""
+    manifest = _manifest(images, 5)
+    out = images / f"real-{structured}.jsonl"
+    args = [str(manifest), "-o", str(out), "--model", str(tiny_model), "--device", "cpu", "--max-new-tokens", "24",
+            "--structured", structured, "--batch-size", "1"]
+    code, _, stderr = _interrupt_after_first_record(args, out)
+    assert code == 130, stderr
+    assert "terminate called" not in stderr and "Aborted" not in stderr and "Traceback" not in stderr
+    written = out.read_text().splitlines()
+    assert written and all(json.loads(line)["id"].startswith("e") for line in written)  # no torn line
+    again = run_cli("judge", *args)
+    assert again.returncode == 0, again.stderr
+    assert sorted(r["id"] for r in read_jsonl(out)) == [f"e{i:02d}" for i in range(5)]
+
+
 def test_ctrl_c_without_output_file_says_there_is_nothing_to_resume(images):
     manifest = _manifest(images, 10)
     code, stdout, stderr = _interrupt_after_first_record([str(manifest), *_scripted(_script(images, 0.3))], None)

@@ -188,7 +188,9 @@ def test_blank_lines_skipped(tmp_path):
         ({"id": "x", "source": "s", "edited": "e", "instruction": ""}, "empty instruction"),
         ({"id": "x", "source": "s", "edited": "e", "instruction": "   "}, "empty instruction"),
         ({"id": "x", "source": "s", "edited": "e", "instruction": 5}, "instruction"),
-        ({"id": "x", "input_image": ["a.png", "b.png"], "edited": "e", "prompt": "p"}, "2 source images"),
+        ({"id": "x", "input_image": [f"s{k}.png" for k in range(9)], "edited": "e", "prompt": "p"},
+         "9 source images; an edit takes 1 to 8"),
+        ({"id": "x", "input_image": [], "edited": "e", "prompt": "p"}, "0 source images"),
         ({"id": "x", "source": [], "edited": "e", "instruction": "i"}, "source"),
         ({"id": "x", "source": 5, "edited": "e", "instruction": "i"}, "source"),
         ({"id": "x", "source": "s", "edited": [], "instruction": "i"}, "edited"),
@@ -476,6 +478,62 @@ def test_folder_manifest_given_relative_records_absolute_paths(tmp_path, monkeyp
     assert sample.edited == str(other / "cup.png")
 
 
+def test_folder_several_sources_in_a_source_folder(folder, photos):
+    """source/NAME/ holds an edit's sources, taken in file-name order (one image
+    there is one source); source/NAME.* stays one source, byte for byte."""
+    fused = folder / "source" / "fused"
+    fused.mkdir()
+    shutil.copy(photos["astronaut"], fused / "2_astro.png")
+    shutil.copy(photos["coffee"], fused / "1_cup.jpg")
+    shutil.copy(photos["coffee_gray"], fused / "10_gray.png")  # file-name order, not numeric: "10_" before "1_"
+    (fused / "notes.txt").write_text("not an image")
+    shutil.copy(photos["coffee_red_square"], folder / "edited" / "fused.png")
+    lone = folder / "source" / "lone"
+    lone.mkdir()
+    shutil.copy(photos["coffee"], lone / "only.png")
+    shutil.copy(photos["coffee_blur"], folder / "edited" / "lone.png")
+    group = folder / "source" / "grp"
+    group.mkdir()
+    shutil.copy(photos["coffee"], group / "a.png")
+    shutil.copy(photos["astronaut"], group / "b.png")
+    (folder / "edited" / "grp").mkdir()
+    shutil.copy(photos["coffee_blur"], folder / "edited" / "grp" / "x.png")
+    shutil.copy(photos["coffee_gray"], folder / "edited" / "grp" / "y.png")
+    with (folder / "instructions.jsonl").open("a") as handle:
+        for name in ("fused", "lone", "grp"):
+            handle.write(json.dumps({"name": name, "instruction": f"fuse {name}"}) + "\n")
+    by_id = {s.id: s for s in read_manifest(folder)}
+    assert all(s.error is None for s in by_id.values()), [str(s.error) for s in by_id.values()]
+    assert by_id["fused"].source == [str(fused / n) for n in ("10_gray.png", "1_cup.jpg", "2_astro.png")]
+    assert by_id["fused"].edited == str(folder / "edited" / "fused.png")
+    assert by_id["lone"].source == str(lone / "only.png")  # one image in the folder: one source, a path
+    assert [s.source for s in by_id.values() if s.group == "grp"] == [[str(group / "a.png"), str(group / "b.png")]] * 2
+    assert by_id["cup"].source == str(folder / "source" / "cup.png")  # the single-source layout unchanged
+
+
+def test_folder_source_folder_problems(folder, photos):
+    empty = folder / "source" / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images")
+    many = folder / "source" / "many"
+    many.mkdir()
+    for k in range(9):
+        shutil.copy(photos["coffee"], many / f"{k}.png")
+    both = folder / "source" / "cup"  # a file source/cup.png exists too: the file wins, as for edited/
+    both.mkdir()
+    shutil.copy(photos["astronaut"], both / "a.png")
+    shutil.copy(photos["astronaut"], both / "b.png")
+    for name in ("empty", "many"):
+        shutil.copy(photos["coffee_blur"], folder / "edited" / f"{name}.png")
+    with (folder / "instructions.jsonl").open("a") as handle:
+        for name in ("empty", "many"):
+            handle.write(json.dumps({"name": name, "instruction": "x"}) + "\n")
+    by_id = {s.id: s for s in read_manifest(folder)}
+    assert "no source image" in str(by_id["empty"].error) and "instructions.jsonl:4" in str(by_id["empty"].error)
+    assert "9 source images" in str(by_id["many"].error) and "1 to 8" in str(by_id["many"].error)
+    assert by_id["cup"].error is None and by_id["cup"].source == str(folder / "source" / "cup.png")
+
+
 def test_byte_order_mark_is_accepted(tmp_path):
     """Editors on Windows save UTF-8 with a BOM: line 1 must still parse."""
     path = tmp_path / "bom.jsonl"
@@ -519,5 +577,6 @@ def test_json_error_message_reads_well(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"id": "a", "instruction": "unterminated\n')
     sample, = read_manifest(path)
-    assert sample.error.message == f"{path}:1: invalid JSON: Invalid control character (column 41)"
+    # The string is unterminated where it opens (column 28), not a "control character" (the line break).
+    assert sample.error.message == f"{path}:1: invalid JSON: Unterminated string starting at column 28"
     assert "at at" not in sample.error.message

@@ -272,6 +272,39 @@ def test_markdown_without_judged_edits_or_categories():
     assert "By category" not in text and "Worst edits" not in text
 
 
+def test_a_record_with_several_sources_shows_them_all(photos, tmp_path):
+    """``source`` a list (a multi-reference edit): every source in order, a
+    thumbnail each (a path shared with another row embedded once); a list
+    that is not all paths or is too long never breaks the page."""
+    gone = tmp_path / "gone.png"
+    sources = [photos["coffee"], photos["astronaut"], gone]
+    multi = ok("multi", 0.3, photos["coffee"], photos["coffee_red_square"], regions=[("square", (1, 2, 3, 4))])
+    multi["source"] = [str(p) for p in sources]
+    odd = err("odd", "input", "bad", photos["coffee"], photos["coffee_blur"])
+    odd["source"] = [str(photos["coffee"]), 7, None] + [str(photos["coffee"])] * 20
+    listed_one = ok("one", 0.9, photos["coffee"], photos["coffee_gray"])
+    listed_one["source"] = [str(photos["coffee"])]
+    scores = write_jsonl(tmp_path / "scores.jsonl", [
+        multi, odd, listed_one, ok("single", 0.8, photos["coffee"], photos["coffee_blur"])])
+    html, data = build(scores, tmp_path)
+    rows = {r["id"]: r for unit in data["units"] for r in unit}
+    assert rows["multi"]["sp"] == [str(p) for p in sources] and len(rows["multi"]["si"]) == 3
+    assert rows["single"]["sp"] == str(photos["coffee"]) and rows["single"]["si"] == rows["multi"]["si"][0]
+    assert rows["one"]["sp"] == str(photos["coffee"])  # a one-element list is one source
+    images = data["images"]
+    coffee, astronaut, missing = (images[k] for k in rows["multi"]["si"])
+    assert (coffee["w"], coffee["h"]) == (192, 128) and astronaut["h"] == 192 and missing == {"x": "file not found"}
+    assert rows["odd"]["sp"][:3] == [str(photos["coffee"]), None, None] and len(rows["odd"]["sp"]) == 8
+    assert rows["odd"]["si"][1] is None
+    assert html.count("data:image/jpeg;base64,") == sum("u" in v for v in images.values())
+    assert "Array.isArray(r.sp)" in html  # the page's script draws a list of sources
+    summary = summarize(read_jsonl(scores), 0.5)
+    assert "| multi |" in render_markdown(summary, read_jsonl(scores))
+    result = CliRunner().invoke(main, ["report", str(scores), "-o", str(tmp_path / "r.html"),
+                                       "--markdown", str(tmp_path / "r.md")])
+    assert result.exit_code == 0, result.output
+
+
 # -- the command ---------------------------------------------------------------
 
 

@@ -23,6 +23,9 @@ from report_fixtures import XSS, crafted_records, err, ok
 from spatialreward.report import write_html_report
 from spatialreward.testing.browser import HeadlessChromium, find_browser, wait_until_ready
 
+pytestmark = pytest.mark.browser  # --full only (tests/conftest.py)
+
+
 PAGE = 50  # rows per page (the page's default)
 EXTRA_OK = 60  # synthetic rows beyond the crafted ones, so that there is more than one page
 EXTRA_ERRORS = 6
@@ -199,3 +202,21 @@ def test_screenshot(driver, report, tmp_path):
 
     with Image.open(shot) as image:
         assert image.size[0] >= 1000 and len(set(image.convert("L").resize((64, 64)).tobytes())) > 50
+
+
+def test_several_sources_render_one_frame_each(driver, photos, tmp_path):
+    """A record whose ``source`` is a list shows every source, in order, beside the edited image."""
+    multi = ok("multi", 0.3, photos["coffee"], photos["coffee_red_square"], regions=[("square", (100, 100, 400, 400))])
+    multi["source"] = [str(photos["coffee"]), str(photos["astronaut"]), str(photos["coffee_gray"])]
+    scores = write_jsonl(tmp_path / "scores.jsonl", [multi, ok("single", 0.8, photos["coffee"], photos["coffee_blur"])])
+    out = tmp_path / "several.html"
+    write_html_report(scores, out, threshold=0.5)
+    load(driver, out)
+    frames = driver.execute_script(
+        "return Array.from(document.querySelectorAll('tr.rec[data-id=\"multi\"] .frame.source'))"
+        ".map(f => [f.title, f.querySelectorAll('img').length])")
+    assert frames == [[f"source {k + 1}: {path}", 1] for k, path in enumerate(multi["source"])]
+    assert len(driver.find_elements("css selector", 'tr.rec[data-id="multi"] .frame.edited .box')) == 1
+    single = driver.execute_script(
+        "return Array.from(document.querySelectorAll('tr.rec[data-id=\"single\"] .frame.source')).map(f => f.title)")
+    assert single == [f"source: {photos['coffee']}"]

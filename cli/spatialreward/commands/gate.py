@@ -10,7 +10,7 @@ from .. import github
 from ..errors import EXIT_FAILED, EXIT_OK
 from ..gate import load_gate_config, run_gate
 from ..gate_render import annotations, render_markdown, render_terminal, step_outputs
-from ..output import refuse_overwriting
+from ..output import exclusive, refuse_overwriting, write_atomic
 from .options import pass_params
 
 
@@ -34,7 +34,8 @@ def _dimension(ctx, param, values):
 @click.option("--min-pass-rate", type=float, default=None, help="Minimum share of edits with reward >= --threshold.")
 @click.option("--threshold", "pass_threshold", type=float, default=None, help="Per-edit pass threshold [default 0.5].")
 @click.option("--min-dimension", "min_dimension_mean", multiple=True, callback=_dimension, metavar="DIM=MIN",
-              help="Minimum mean of a raw dimension (0..25), e.g. success=15; repeatable.")
+              help="Minimum mean of a raw dimension (0..25), e.g. success=15 (edits) or spatial=15 (t2i records: "
+                   "spatial, presence); repeatable.")
 @click.option("--max-errors", type=click.IntRange(min=0), default=None, help="Maximum error records [default 0].")
 @click.option("--min-judged", type=click.IntRange(min=0), default=None, help="Minimum number of judged (ok) edits [default 1].")
 @click.option("--baseline", type=click.Path(dir_okay=False), default=None, help="Scores of the baseline run, paired by id.")
@@ -61,15 +62,15 @@ def gate(params: dict) -> None:
                        [("scores file", params["scores"]), ("baseline", params["baseline"]),
                         ("gate file", params["gate_file"])])
     config = load_gate_config(params["gate_file"], overrides)
-    result = run_gate(Path(params["scores"]), config,
-                      baseline=Path(params["baseline"]) if params["baseline"] else None,
-                      allow_config_mismatch=params["allow_config_mismatch"])
-    click.echo(render_terminal(result, style=click.style))
-    markdown = render_markdown(result, title=params["title"]) + "\n" + _summary_markdown(result)
-    if params["summary_md"]:
-        summary_md = Path(params["summary_md"])
-        summary_md.parent.mkdir(parents=True, exist_ok=True)
-        summary_md.write_text(markdown, encoding="utf-8")
+    # --summary-md is held from before the scores are read until it is written
+    with exclusive(("--summary-md", params["summary_md"])):
+        result = run_gate(Path(params["scores"]), config,
+                          baseline=Path(params["baseline"]) if params["baseline"] else None,
+                          allow_config_mismatch=params["allow_config_mismatch"])
+        click.echo(render_terminal(result, style=click.style))
+        markdown = render_markdown(result, title=params["title"]) + "\n" + _summary_markdown(result)
+        if params["summary_md"]:
+            write_atomic(Path(params["summary_md"]), markdown)
     github.append_step_summary(markdown)
     github.write_outputs(step_outputs(result))
     if github.in_actions():

@@ -9,8 +9,8 @@ import click
 
 from ..config import load_config
 from ..errors import SpatialRewardError
-from ..output import refuse_overwriting
-from .options import config_option, pass_params, quiet_option
+from ..output import exclusive, refuse_overwriting
+from .options import config_option, pass_params
 
 
 @click.command()
@@ -28,7 +28,8 @@ from .options import config_option, pass_params, quiet_option
 @click.option("--threshold", type=float, default=None, help="Per-edit pass threshold on the reward [default 0.5].")
 @click.option("--title", default=None, help="Page and Markdown title [default: 'SpatialReward report: SCORES'].")
 @config_option
-@quiet_option
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print less: no closing lines naming the files written (warnings and errors still print).")
 @pass_params
 def report(params: dict) -> None:
     """Write an HTML report of SCORES (a results JSONL file) for reviewing a batch.
@@ -47,15 +48,16 @@ def report(params: dict) -> None:
     if params["markdown"] and Path(params["markdown"]).resolve() == output.resolve():
         raise click.UsageError("--markdown must differ from -o")
     try:
-        data = write_html_report(
-            source, output,
-            threshold=config.threshold,
-            limit=params["limit"],
-            images=DEFAULT_IMAGES if params["images"] is None else params["images"],
-            title=params["title"],
-            markdown_path=params["markdown"],
-            markdown_worst=DEFAULT_WORST if params["worst"] is None else params["worst"],
-        )
+        with exclusive(("-o", output), ("--markdown", params["markdown"])):  # until both are written
+            data = write_html_report(
+                source, output,
+                threshold=config.threshold,
+                limit=params["limit"],
+                images=DEFAULT_IMAGES if params["images"] is None else params["images"],
+                title=params["title"],
+                markdown_path=params["markdown"],
+                markdown_worst=DEFAULT_WORST if params["worst"] is None else params["worst"],
+            )
     except OSError as exc:  # an unwritable output folder, an unreadable scores file
         raise SpatialRewardError(f"{exc.filename or output}: {exc.strerror or exc}") from None
     hashes = data.summary.get("config_hash")
@@ -67,6 +69,6 @@ def report(params: dict) -> None:
         summary = data.summary
         rows = f"{len(data.units)} of {data.units_total} rows" if len(data.units) < data.units_total else f"{data.units_total} rows"
         click.echo(f"report: {output} ({output.stat().st_size / 1e6:.1f} MB, {rows}; "
-                   f"{summary['total']} edits, {summary['ok']} ok, {summary['error']} error)", err=True)
+                   f"{summary['total']} {'images' if summary.get('kind') == 't2i' else 'edits'}, {summary['ok']} ok, {summary['error']} error)", err=True)
         if params["markdown"]:
             click.echo(f"markdown: {params['markdown']}", err=True)

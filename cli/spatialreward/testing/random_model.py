@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 # Qwen's special tokens, in the order that gives them consecutive ids after the
@@ -134,6 +135,9 @@ def build(out_dir: str | Path, arch: dict | None = None, seed: int = 0, dtype: s
     shapes are used, with the vocabulary and special-token ids replaced by the
     small tokenizer's. Without it a tiny model (~0.1M parameters) is built.
     """
+    from spatialreward.torch_pair import check_torch_pair
+
+    check_torch_pair()  # a torch/torchvision mismatch in one line, not transformers' traceback
     import torch
     from transformers import (
         Qwen2VLImageProcessor,
@@ -214,7 +218,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     arch = json.loads(Path(args.arch).read_text()) if args.arch else None
-    print(build(args.out_dir, arch=arch, seed=args.seed, dtype=args.dtype, preset=args.preset))
+    from spatialreward.errors import SpatialRewardError
+
+    try:
+        out = build(args.out_dir, arch=arch, seed=args.seed, dtype=args.dtype, preset=args.preset)
+    except SpatialRewardError as exc:  # e.g. a torch/torchvision mismatch: one line, the CLI's exit code
+        print(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    print(out)
 
 
 if __name__ == "__main__":
