@@ -38,6 +38,9 @@ import yaml
 from conftest import REPO, read_jsonl, write_jsonl
 from gha_runner import CompositeRunner, parse_output_file, path_without_command
 
+pytestmark = pytest.mark.slow  # installs the package and runs the Actions: --full only (tests/conftest.py)
+
+
 ACTION_FILES = {
     "root": REPO / "action.yml",
     "judge": REPO / "actions" / "judge" / "action.yml",

@@ -98,6 +98,7 @@ def test_verdict_lines_show_scores_regions_and_errors():
     assert "ERROR (parse): no JSON" in "\n".join(verdict_lines(error, 0.5))
 
 
+@pytest.mark.slow  # the tiny model through the installed command: --full only
 def test_check_command_end_to_end(photos, tiny_model, tmp_path):
     args = ["check", photos["coffee"], photos["coffee_red_square"], "Add a red square",
             "--model", tiny_model, "--structured", "always", *FAST]
@@ -125,3 +126,73 @@ def test_check_exit_code_for_an_edit_that_cannot_be_judged(photos, tiny_model, t
                      "--model", tiny_model, *FAST)
     assert result.returncode == 3
     assert "missing.png" in result.stderr and "file not found" in result.stderr
+
+
+# -- several sources ---------------------------------------------------------------
+
+
+def test_overlay_shows_every_source_then_the_edited_image_with_the_boxes(photos):
+    sources = [Image.open(photos[n]).convert("RGB") for n in ("coffee", "astronaut", "coffee_gray")]
+    photo = Image.open(photos["coffee"]).convert("RGB")
+    w, h = photo.size
+    bbox_2d = [250, 300, 700, 800]
+    edited = _with_blue_panel(photo, [round(v * s / 1000) for v, s in zip(bbox_2d, (w, h, w, h))])
+    record = _record([{"id": 0, "label": "panel", "bbox_2d": bbox_2d}], (w, h))
+    picture, layout = render_overlay(sources, edited, record)
+    assert len(layout.source_origins) == 3 and layout.source_origin == layout.source_origins[0]
+    xs = [x for x, _ in layout.source_origins] + [layout.edited_origin[0]]
+    assert xs == sorted(xs) and len(set(xs)) == 4  # left to right in order, the edited panel last
+    for source, (sx, sy), (sw, sh) in zip(sources, layout.source_origins, layout.source_sizes):
+        assert sh == layout.edited_size[1] == h and sw == round(source.width * h / source.height)
+        panel = picture.crop((sx, sy, sx + sw, sy + sh))
+        assert _near(panel.getpixel((sw // 2, sh // 2)), source.resize((sw, sh)).getpixel((sw // 2, sh // 2)), 12)
+    x1, y1, x2, y2 = layout.box(bbox_2d)
+    assert x1 >= layout.edited_origin[0] and picture.getpixel((x1 + 1, (y1 + y2) // 2)) == region_colour(0)
+    # one source: the picture it always was
+    single, single_layout = render_overlay(sources[0], edited, _record([], (w, h)))
+    listed, _ = render_overlay(sources[:1], edited, _record([], (w, h)))
+    assert single.tobytes() == listed.tobytes() and single_layout.source_origins == (single_layout.source_origin,)
+    assert single.width == 16 * 2 + sources[0].width + 16 + w
+
+
+def test_check_with_several_sources(photos, tmp_path, monkeypatch):
+    """`check SOURCE... EDITED INSTRUCTION`: every source, in order, then the
+    edited image, under the multi-image prompt; the overlay shows them all."""
+    from click.testing import CliRunner
+
+    from spatialreward.commands import main
+    from spatialreward.images import load_image
+    from spatialreward.prompts import render_sc
+    from spatialreward.testing.scripted import ScriptedBackend, image_digest
+
+    seen = []
+    real = ScriptedBackend.generate
+    monkeypatch.setattr(ScriptedBackend, "generate",
+                        lambda self, requests, *a, **k: seen.extend(requests) or real(self, requests, *a, **k))
+    script = tmp_path / "script.json"
+    script.write_text("{}")
+    names = ("coffee", "astronaut", "coffee_gray")
+    args = ["check", *(str(photos[n]) for n in names), str(photos["coffee_red_square"]), "Fuse them",
+            "--backend", "scripted", "--model", str(script), "--threshold", "0"]
+    result = CliRunner().invoke(main, [*args, "--json", "--overlay", str(tmp_path / "o.png")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["status"] == "ok" and record["source"] == [str(photos[n]) for n in names]
+    [sc] = [r for r in seen if r.kind == "sc"]
+    assert sc.prompt == render_sc("Fuse them", "eval", 3)
+    assert [image_digest(i) for i in sc.images] == [image_digest(load_image(photos[n]))
+                                                    for n in (*names, "coffee_red_square")]
+    sources = [Image.open(photos[n]) for n in names]
+    expected, layout = render_overlay(sources, Image.open(photos["coffee_red_square"]), record)
+    picture = Image.open(tmp_path / "o.png").convert("RGB")
+    assert picture.size == expected.size and len(layout.source_origins) == 3
+    x1, y1, x2, y2 = layout.box(record["regions"][0]["bbox_2d"])
+    assert picture.getpixel((x1 + 1, (y1 + y2) // 2)) == region_colour(0)
+    # a bad second source is named before any model loads; nine sources are a usage error
+    bad = CliRunner().invoke(main, ["check", str(photos["coffee"]), str(tmp_path / "nope.png"),
+                                    str(photos["coffee_red_square"]), "x", "--backend", "scripted",
+                                    "--model", str(tmp_path / "no-model.json")])
+    assert bad.exit_code == 3 and "source 2" in bad.output and "nope.png" in bad.output
+    nine = CliRunner().invoke(main, ["check", *[str(photos["coffee"])] * 9, str(photos["coffee_red_square"]), "x",
+                                     "--backend", "scripted", "--model", str(script)])
+    assert nine.exit_code == 2 and "1 to 8" in nine.output

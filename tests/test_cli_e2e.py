@@ -16,6 +16,9 @@ import pytest
 
 from conftest import FAST, read_jsonl, run_cli, spatialreward_exe, write_jsonl
 
+pytestmark = pytest.mark.slow  # the installed command on the tiny model, end to end, many runs: --full only (tests/conftest.py)
+
+
 DIMS = ("success", "overediting", "naturalness", "artifacts")
 
 

@@ -1,5 +1,5 @@
-"""README.md tells the truth: every flag of every command is documented in
-that command's section, the install section shows the CPU and the pinned
+"""README.md and docs/ tell the truth: every flag of every command is documented in
+that command's section (docs/commands.md), the install section shows the CPU and the pinned
 installs, and the "Try it without the 8B model" commands run as written."""
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ import pytest
 from conftest import REPO, read_jsonl, spatialreward_exe
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
+COMMANDS_PAGE = (REPO / "docs" / "commands.md").read_text(encoding="utf-8")
 
 
-def _section(title_pattern: str) -> str:
-    """The README text under the heading matching ``title_pattern``, up to the
+def _section(title_pattern: str, text: str = README) -> str:
+    """The text under the heading matching ``title_pattern``, up to the
     next heading of the same or a higher level."""
-    match = re.search(rf"^(#+) {title_pattern}.*$", README, flags=re.M)
-    assert match, f"README has no section {title_pattern!r}"
+    match = re.search(rf"^(#+) {title_pattern}.*$", text, flags=re.M)
+    assert match, f"no section {title_pattern!r}"
     level = len(match.group(1))
-    rest = README[match.end():]
+    rest = text[match.end():]
     end = re.search(rf"^#{{1,{level}}} ", rest, flags=re.M)
     return rest[: end.start()] if end else rest
 
@@ -49,10 +50,10 @@ def _commands():
 @pytest.mark.parametrize("name", [name for name, _ in _commands()])
 def test_every_flag_is_documented_in_its_command_section(name):
     command = dict(_commands())[name]
-    section = _section(rf"`spatialreward {name}\b")
+    section = _section(rf"`spatialreward {name}\b", COMMANDS_PAGE)
     missing = [flag for flag in _long_flags(command)
                if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", section)]
-    assert not missing, f"README section of `spatialreward {name}` does not mention {missing}"
+    assert not missing, f"docs/commands.md section of `spatialreward {name}` does not mention {missing}"
 
 
 def test_install_section_shows_gpu_cpu_pinned_and_test_installs():
@@ -84,6 +85,7 @@ def test_try_it_section_follows_the_install_section():
     assert README.index(TRY_BEGIN) > README.index("## Try it without the 8B model")
 
 
+@pytest.mark.slow  # the README's commands on a fresh copy: --full only
 def test_try_it_commands_run_as_written(tmp_path):
     """The README's commands, run from a clean copy of the repository's
     examples/, with the tiny model: every edit judged ok, in bounded time."""
