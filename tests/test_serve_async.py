@@ -302,6 +302,63 @@ def test_a_refused_request_decodes_nothing(monkeypatch):
     asyncio.run(go())
 
 
+def test_a_refused_request_lets_go_of_its_images_at_once():
+    """A request refused for the pixel budget (after its images were base64-decoded
+    to count their pixels) holds nothing once answered, without a garbage
+    collection: an asyncio task keeps its exception's traceback, whose frames
+    held the decoded images in a cycle (measured: 48 refused requests' images,
+    80 MiB, still held after a load test). Through every door: /v1/rewards with
+    and without an Idempotency-Key (the client's retries), /compute, score()."""
+    import gc
+
+    from spatialreward.sample import Sample
+    from spatialreward.serve.compute import compute
+    from spatialreward.serve.serving import Limits, Overloaded
+
+    backend, service = make_service(limits=Limits(max_pixels_in_flight=1000))
+    body = json.dumps(items_body([1, 2])).encode()  # 16x16 images: 3 x 256 pixels
+    compute_body = json.dumps({"prompt": ["item 1"], "image": [b64(png_bytes(item_image(1)))],
+                               "condition_images": [[b64(png_bytes(item_image(99)))]]}).encode()
+
+    def samples_alive() -> int:
+        return sum(isinstance(o, Sample) for o in gc.get_objects())
+
+    async def refused(call) -> str:
+        try:
+            await call()
+        except Overloaded as exc:
+            return str(exc)
+        return "answered"
+
+    async def go():
+        from spatialreward.serve.protocol import RewardRequest
+
+        service.admitted_pixels = 900  # as if other requests held the budget
+        doors = {
+            "rewards": lambda: service.rewards([body]),
+            "rewards with a key": lambda: service.rewards([body], key="retried-1"),
+            "compute": lambda: compute(service, [compute_body]),
+            "score": lambda: service.score(RewardRequest.model_validate(json.loads(body))),
+        }
+        left = {}
+        try:
+            for door, call in doors.items():
+                assert "pixel budget full" in await refused(call), door
+                await asyncio.sleep(0)  # the task's done callbacks
+                left[door] = samples_alive()
+        finally:
+            await service.aclose()
+        return left
+
+    gc.collect()
+    gc.disable()
+    try:
+        left = asyncio.run(go())
+    finally:
+        gc.enable()
+    assert left == {door: 0 for door in left}, left
+
+
 def test_idempotent_attempts_share_one_judgment_and_abandoned_work_is_cancelled():
     from spatialreward.serve.serving import ClientGone, InvalidRequest
 

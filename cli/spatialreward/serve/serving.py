@@ -89,7 +89,21 @@ _FORMATS = (("PNG", lambda b: b.startswith(b"\x89PNG\r\n\x1a\n")),
             ("WebP", lambda b: b[:4] == b"RIFF" and b[8:12] == b"WEBP"))
 
 
-class Overloaded(Exception):
+class Refusal(Exception):
+    """A request the server answers with a status instead of results (503, 413,
+    422). Expected, so it leaves the service without its traceback (``_bare``)."""
+
+
+def _bare(exc: Exception) -> Exception:
+    """``exc`` without its traceback: the frames it passed (and what they hold: a
+    refused request's decoded images) go now. An asyncio task keeps the traceback
+    of its exception apart (``Future._exception_tb``), and an awaiting frame that
+    keeps the task forms a cycle with it: freed only by a full collection, which
+    ``gc.freeze()`` and the server's long-lived heap make rare."""
+    return exc.with_traceback(None)
+
+
+class Overloaded(Refusal):
     """The server cannot take this request now: answer 503 with Retry-After."""
 
     def __init__(self, message: str, retry_after: int = 1):
@@ -97,7 +111,7 @@ class Overloaded(Exception):
         self.retry_after = retry_after
 
 
-class TooLarge(Exception):
+class TooLarge(Refusal):
     """A request that could never be admitted (413)."""
 
 
@@ -105,7 +119,7 @@ class TooManyItems(TooLarge):
     """More items in one request than ``max_items`` (413)."""
 
 
-class InvalidRequest(Exception):
+class InvalidRequest(Refusal):
     """422: ``detail`` is FastAPI's list of validation errors, or one line."""
 
     def __init__(self, detail):
@@ -485,7 +499,10 @@ class RewardService:
             if key is not None:
                 self._jobs[key] = job
         del body
-        results = await self._wait(job, disconnected)
+        try:
+            results = await self._wait(job, disconnected)
+        finally:
+            job = None  # a failure's traceback holds this frame: not the job, its task and their exception
         if attached:
             self.metrics.replays.inc()
         return results
@@ -521,7 +538,7 @@ class RewardService:
             # the task, its exception and this frame would otherwise form a cycle that keeps
             # a refused request's megabytes alive until the garbage collector runs.
             del task
-            raise problem.with_traceback(None)
+            raise _bare(problem)
         return task.result()
 
     def _abandon(self, job: _Job) -> asyncio.Task | None:
@@ -588,11 +605,14 @@ class RewardService:
     # -- the work -------------------------------------------------------------------------
     async def run(self, body: bytes) -> dict:
         """Parse (off the loop), then ``respond``: the response body."""
-        request = await self._off_loop(parse_request, body)
-        del body
-        responding = self.respond(request)
-        del request  # held by respond() alone, which lets its base64 text go once decoded
-        return await responding
+        try:
+            request = await self._off_loop(parse_request, body)
+            del body
+            responding = self.respond(request)
+            del request  # held by respond() alone, which lets its base64 text go once decoded
+            return await responding
+        except Refusal as exc:  # the task keeps what it raises: not the frames that hold the request
+            raise _bare(exc) from None
 
     async def respond(self, request: RewardRequest, *, route: str = "/v1/rewards") -> dict:
         """``{"results": [...]}``, and the request's ``on_error`` lists when it asked for them."""
@@ -637,7 +657,11 @@ class RewardService:
         del request
         if groups is not None:
             groups.extend(decoded.groups)
-        return await self.judge_decoded(decoded)
+        try:
+            return await self.judge_decoded(decoded)
+        except Refusal as exc:  # refused: the decoded images go now, not with the traceback's frames
+            del decoded
+            raise _bare(exc) from None
 
     def decode(self, request: RewardRequest) -> Decoded:
         """Each item as a Sample holding its image files' bytes (its sources: one,
