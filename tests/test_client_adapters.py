@@ -148,6 +148,18 @@ def test_images_are_sent_losslessly(tmp_path):
     assert base64.b64decode(encode_image(item_image(3))) == png_bytes(item_image(3))  # PIL as PNG
 
 
+def keep_busy(judge, backend) -> None:
+    """Submit one edit ("busy 999") and wait until the model is inside its first call."""
+    from spatialreward.sample import Sample
+
+    judge.submit(Sample(id="busy", source=png_bytes(item_image(1)), edited=png_bytes(item_image(2)),
+                        instruction="busy 999"))
+    deadline = time.monotonic() + 10
+    while not backend.calls:
+        assert time.monotonic() < deadline, "the model never started"
+        time.sleep(0.005)
+
+
 def test_items_sharing_source_and_instruction_are_submitted_adjacent():
     """The released proxy's instruction grouping: the engine takes the SC
     requests of one source+instruction group one after another. The engine is
@@ -157,7 +169,6 @@ def test_items_sharing_source_and_instruction_are_submitted_adjacent():
 
     from spatialreward.judge import Judge
     from spatialreward.config import load_config
-    from spatialreward.sample import Sample
     from spatialreward.serve.protocol import RewardRequest
     from spatialreward.serve.serving import RewardService
     from spatialreward.testing.scripted import ScriptedBackend
@@ -187,12 +198,7 @@ def test_items_sharing_source_and_instruction_are_submitted_adjacent():
         release.set()
 
     try:
-        judge.submit(Sample(id="busy", source=png_bytes(item_image(3)), edited=png_bytes(item_image(4)),
-                            instruction="busy 999"))
-        deadline = time.monotonic() + 10
-        while not backend.calls:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        keep_busy(judge, backend)
         releaser = threading.Thread(target=release_when_queued)
         releaser.start()
         results = asyncio.run(service.score(request))
@@ -229,16 +235,8 @@ def test_items_of_concurrent_requests_share_batches():
     async def both():
         return await asyncio.gather(service.score(request(100)), service.score(request(200)))
 
-    from spatialreward.sample import Sample
-
     try:
-        # Keep the model busy first: while that call sleeps, both requests' items queue up.
-        judge.submit(Sample(id="busy", source=png_bytes(item_image(1)), edited=png_bytes(item_image(2)),
-                            instruction="busy 999"))
-        deadline = time.monotonic() + 5
-        while not backend.calls:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        keep_busy(judge, backend)  # while that call sleeps, both requests' items queue up
         first, second = asyncio.run(both())
     finally:
         judge.close()
