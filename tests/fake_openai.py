@@ -33,6 +33,16 @@ def decode_image(url: str) -> Image.Image:
     return image
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: when more connections arrive at once
+    # than the accept thread takes (24 clients on a loaded 2-core CI machine), the
+    # kernel resets some of them and the client sees "connection lost (ReadError)"
+    # from a server that is fine. A real engine server listens with a deep backlog.
+    request_queue_size = 1024
+    allow_reuse_address = True
+    daemon_threads = True
+
+
 class FakeOpenAI:
     def __init__(self, *, models: dict | None = None, limit_images: int = 2, min_pixels: int = 3136,
                  max_pixels: int = 589824, delay_s: float = 0.0, api_key: str | None = None):
@@ -82,9 +92,7 @@ class FakeOpenAI:
             def do_POST(self):
                 fake._post(self)
 
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", self.port), Handler)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
