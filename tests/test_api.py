@@ -60,11 +60,12 @@ def test_overrides_are_validated(tiny_model):
 
 def test_resumed_sampled_run_equals_an_uninterrupted_one(tiny_model, photos):
     """Seeds come from each request's identity, not its batch: a run resumed at
-    another batch boundary draws exactly what the uninterrupted run drew."""
+    another batch boundary (one batch of two, then two of one) draws exactly what
+    the uninterrupted run drew; two edits of the same images draw differently."""
     judge = Judge.from_pretrained(str(tiny_model), device="cpu", batch_size=2,
                                   generation={"max_new_tokens": 160, "structured": "always",
                                               "temperature": 1.0, "passes": 2})
-    edits = ["coffee_red_square", "astronaut_mirror", "coffee_red_square"]
+    edits = ["coffee_red_square", "coffee_red_square"]
 
     def samples():
         return [Sample(id=f"s{i}", source=photos["astronaut" if "astro" in e else "coffee"], edited=photos[e],
