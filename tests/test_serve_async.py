@@ -321,11 +321,12 @@ def test_a_refused_request_lets_go_of_its_images_at_once():
                                "condition_images": [[b64(png_bytes(item_image(99)))]]}).encode()
 
     async def samples_alive() -> int:
-        """Samples still referenced, once the request workers have let go: a worker
-        thread holds the result it returned (the decoded samples) in its frame until
-        it gets the GIL again, which on a loaded machine can come after the loop has
-        answered (the project CI's failure: 2 left). The collector stays off, so a
-        cycle that holds them would still be counted however long this waits."""
+        """Samples still referenced, once the task's done callbacks have run and the
+        request workers have let go: a worker thread holds the result it returned
+        (the decoded samples) in its frame until it gets the GIL again, which on a
+        loaded machine can come after the loop has answered (the project CI's
+        failure: 2 left). The collector stays off, so a cycle that holds them would
+        still be counted however long this waits."""
         for _ in range(200):
             alive = sum(type(o) is Sample for o in gc.get_objects())  # type(): no attribute lookups on lazy modules
             if not alive:
@@ -354,7 +355,6 @@ def test_a_refused_request_lets_go_of_its_images_at_once():
         try:
             for door, call in doors.items():
                 assert "pixel budget full" in await refused(call), door
-                await asyncio.sleep(0)  # the task's done callbacks
                 left[door] = await samples_alive()
         finally:
             await service.aclose()
