@@ -20,8 +20,9 @@ build of vLLM needs three fixes on this kind of machine:
    image processing (torchvision.transforms.v2) run.
 
 Then this repository is installed into the venv (``--no-deps``, plus the few
-light dependencies vLLM does not bring, with torch and transformers pinned to
-the venv's own versions), so ``--backend vllm`` can run in it. Stdlib only.
+light dependencies vLLM does not bring, and Ray Data, with torch and
+transformers pinned to the venv's own versions), so ``--backend vllm`` and
+``--ray --backend vllm`` can run in it. Stdlib only.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ UNWANTED = ("torchaudio", "torchcodec")
 PATCHED = ("_meta_registrations.py", "_autograd_registrations.py")
 MARKER = "# spatialreward setup_vllm_cpu: tolerate a CUDA-linked torchvision on torch+cpu\n"
 # What spatialreward needs beyond what vLLM brings (import name: distribution).
-EXTRA = {"accelerate": "accelerate>=1.0", "click": "click>=8.1", "yaml": "pyyaml>=6.0", "httpx": "httpx>=0.27"}
+# Ray Data: `judge --ray --backend vllm` places vLLM replicas as Ray actors (the engine tests run one).
+EXTRA = {"accelerate": "accelerate>=1.0", "click": "click>=8.1", "yaml": "pyyaml>=6.0", "httpx": "httpx>=0.27",
+         "ray.data.llm": "ray[data]>=2.50"}
 
 
 def default_venv() -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -225,20 +226,83 @@ def test_start_up_errors_against_the_real_server(vllm_server, engine_model, mani
     assert proc.stderr.count("\n") == 1 and message.format(model=engine_model) in proc.stderr, proc.stderr
 
 
-def test_judge_with_vllm_in_process(vllm_python, engine_model, manifest, transformers_records, tmp_path):
-    """`judge --backend vllm` inside the vLLM venv (this worktree's code): ok
-    records, the same raw answers as the transformers backend."""
-    out = tmp_path / "s.jsonl"
+VLLM_FLAGS = ["--backend", "vllm", "--dtype", "float32", *ALWAYS, "--max-model-len", "4096"]
+
+
+@pytest.fixture(scope="module")
+def vllm_in_process(vllm_python, engine_model, manifest, tmp_path_factory) -> Path:
+    """`judge --backend vllm` inside the vLLM venv (this worktree's code): its results file."""
+    root = tmp_path_factory.mktemp("vllm-in-process")
+    out = root / "s.jsonl"
     proc = subprocess.run(
         [str(vllm_python), "-c", "from spatialreward.commands import main; main()", "judge", str(manifest),
-         "-o", str(out), "--backend", "vllm", "--model", str(engine_model), "--dtype", "float32", *ALWAYS,
-         "--max-model-len", "4096", "-q"],
-        capture_output=True, text=True, env=venv_env(), timeout=600, cwd=str(tmp_path))
+         "-o", str(out), "--model", str(engine_model), *VLLM_FLAGS, "-q"],
+        capture_output=True, text=True, env=venv_env(), timeout=600, cwd=str(root))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = read_jsonl(out)
+    return out
+
+
+def test_judge_with_vllm_in_process(vllm_in_process, transformers_records):
+    """`judge --backend vllm`: ok records, the same raw answers as the
+    transformers backend, a judge hash of its own."""
+    records = read_jsonl(vllm_in_process)
     assert outcomes(records) == outcomes(transformers_records)
     assert any(r["status"] == "ok" for r in records)
     assert {r["judge_hash"] for r in records}.isdisjoint({r["judge_hash"] for r in transformers_records})
+
+
+# Run inside the vLLM venv (with Ray Data) by the next test: a local Ray of two
+# CPUs; `judge --ray --backend vllm` on it (the CLI door), then
+# `judge_dataset(backend="vllm")` (the Python function); prints the latter's records.
+RAY_VLLM_SCRIPT = r"""
+import json, subprocess, sys
+
+import ray
+
+from spatialreward.ray import judge_dataset
+
+model, manifest, out, flags = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+ray.data.DataContext.get_current().enable_progress_bars = False
+cli = [sys.executable, "-c", "from spatialreward.commands import main; main()", "judge", manifest, "-o", out,
+       "--model", model, *flags, "--ray", "--ray-address", ray.get_runtime_context().gcs_address]
+proc = subprocess.run(cli, capture_output=True, text=True, timeout=600)
+sys.stderr.write(proc.stderr[-4000:])
+if proc.returncode:
+    sys.exit(f"the CLI door exited {proc.returncode}")
+rows = [{**json.loads(line), "_origin": f"{manifest}:{n}", "_seq": n} for n, line in enumerate(open(manifest), 1)]
+records = judge_dataset(ray.data.from_items(rows), backend="vllm", model=model, dtype="float32",
+                        overrides={"generation": {"structured": "always", "max_new_tokens": 256}},
+                        backend_options={"max_model_len": 4096}, replicas=1)
+print(json.dumps({row["id"]: json.loads(row["record"]) for row in records.take_all()}))
+"""
+
+
+def test_ray_places_vllm_replicas_and_writes_what_judge_writes(vllm_python, engine_model, manifest,
+                                                                vllm_in_process, tmp_path):
+    """vLLM replicas placed by Ray (one, on a CPU: vLLM's CPU build): `judge
+    --ray --backend vllm` writes the results file `judge --backend vllm`
+    writes, byte for byte, and `judge_dataset(backend="vllm")` gives the same
+    records; the replica is announced with its resources."""
+    pytest.importorskip("ray", reason="Ray Data is not installed here (pip install 'spatialreward[ray]')")
+    script = tmp_path / "ray_vllm.py"
+    script.write_text(RAY_VLLM_SCRIPT)
+    out = tmp_path / "ray.jsonl"
+    flags = [f for f in VLLM_FLAGS]
+    proc = subprocess.run([str(vllm_python), str(script), str(engine_model), str(manifest), str(out),
+                           json.dumps(flags)], capture_output=True, text=True, env=venv_env(), timeout=900,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "ray: 1 vLLM replica(s), each {'num_cpus': 1}" in proc.stderr
+    assert "ray: 3/3 edits judged" in proc.stderr
+    assert out.read_bytes() == vllm_in_process.read_bytes()
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = {r["id"]: r for r in read_jsonl(vllm_in_process)}
+    assert set(got) == set(want)
+    for key in want:
+        differ = {k: (got[key].get(k), want[key].get(k)) for k in set(got[key]) | set(want[key])
+                  if got[key].get(k) != want[key].get(k)}
+        assert not differ, (key, differ)
 
 
 # Run inside the vLLM venv by the next test: one engine, then (a) a request that
@@ -278,7 +342,7 @@ def main(model, manifest):
         return stream()
 
     backend.engine.generate = recording  # every request the backend submits to the AsyncLLM
-    rows = [json.loads(line) for line in open(manifest)]
+    rows = [{**json.loads(line), "_origin": f"{manifest}:{n}", "_seq": n} for n, line in enumerate(open(manifest), 1)]
     images = {r["id"]: (Image.open(r["source"]).convert("RGB"), Image.open(r["edited"]).convert("RGB")) for r in rows}
     long = sc_request(*images["grow"], "Make it larger")
     short = pq_request(images["shrink"][1])

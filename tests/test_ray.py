@@ -176,6 +176,31 @@ def test_a_killed_driver_resumes_and_writes_every_edit_once(local_ray, manifest,
         slow.stop()
 
 
+@pytest.mark.slow  # a local Ray instance: --full
+def test_a_stage_that_cannot_go_on_is_one_line_and_the_run_resumable(local_ray, monkeypatch, tmp_path):
+    """A stage that raises (a replica that cannot start, a worker's bug) stops
+    the run with one line naming the cause and saying how to resume, not a
+    Ray traceback."""
+    import spatialreward.ray as sray
+    from spatialreward.config import Aggregation, Generation
+    from spatialreward.errors import EngineError
+
+    def broken(ds, spec):
+        def boom(row):
+            raise ValueError("the replica cannot start: out of GPU memory")
+        return ds.map(boom)
+
+    monkeypatch.setattr(sray, "judge_rows", broken)
+    spec = sray.RaySpec(urls=("http://127.0.0.1:9/v1",), served_model="m", model="m", judge_hash="j",
+                        config_hash="c", generation=Generation(), aggregation=Aggregation(), protocol="eval")
+    with pytest.raises(EngineError) as info:
+        sray._judge_into_shards([{"_seq": [0, 0], "_sample": "{}"}], spec, tmp_path, local_ray, None)
+    message = str(info.value)
+    assert message.startswith("the Ray run stopped after 0 of 1 edits: ValueError: the replica cannot start: "
+                              "out of GPU memory;"), message
+    assert message.endswith("run the same command again to resume") and "\n" not in message
+
+
 @pytest.mark.parametrize("args, message", [
     (["--backend", "transformers"], "--ray judges through OpenAI-compatible servers"),
     (["--backend", "openai", "--base-url", "http://127.0.0.1:9/v1"], "--ray needs -o FILE"),
@@ -194,16 +219,30 @@ def test_replicas_without_ray_is_a_usage_error(manifest):
 
 
 def test_ray_with_an_in_process_engine_is_a_usage_error(manifest, tmp_path):
-    """vLLM replicas placed by Ray (vLLMEngineProcessorConfig) are not built: they
-    need a GPU and a vLLM GPU build, neither here. --ray judges through
-    OpenAI-compatible servers (a `vllm serve` per GPU, each a --base-url), and
-    says so for any other backend, before anything starts."""
-    for backend in ("vllm", "transformers"):
-        proc = run_cli("judge", manifest, "-o", tmp_path / "out.jsonl", "--ray", "--backend", backend, "-q")
-        assert proc.returncode == 2, proc.stderr
-        assert "--ray judges through OpenAI-compatible servers: use --backend openai --base-url URL" in proc.stderr
-        assert f"not --backend {backend}" in proc.stderr
+    """--ray judges through OpenAI-compatible servers or vLLM replicas it
+    places; the transformers backend, and --device with vllm (Ray gives each
+    replica its GPUs), are usage errors before anything starts."""
+    proc = run_cli("judge", manifest, "-o", tmp_path / "out.jsonl", "--ray", "--backend", "transformers", "-q")
+    assert proc.returncode == 2, proc.stderr
+    assert ("--ray judges through OpenAI-compatible servers (--backend openai --base-url URL) or vLLM replicas it "
+            "places (--backend vllm), not --backend transformers") in proc.stderr
+    proc = run_cli("judge", manifest, "-o", tmp_path / "out.jsonl", "--ray", "--backend", "vllm", "--device", "cpu")
+    assert proc.returncode == 2 and "--device does not apply to --ray --backend vllm" in proc.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_ray_vllm_replicas_without_vllm_say_how_to_install(manifest, tmp_path):
+    """Here vLLM is not installed (the engine tests run the replicas in the CPU
+    vLLM venv): one line, exit 3, before Ray starts; nothing written."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    proc = run_cli("judge", manifest, "-o", tmp_path / "out.jsonl", "--ray", "--backend", "vllm", "-q")
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip() == ("Error: --ray --backend vllm needs vLLM where the driver runs and on every node: "
+                                   "pip install 'spatialreward[vllm,ray]'")
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.jsonl.ray").exists()
 
 
 @pytest.mark.engine

@@ -121,13 +121,9 @@ class Judge:
                  prepare_workers: int | None = None):
         self.backend = backend
         self.config = config
-        self.judge_hash = config.judge_hash(
-            dtype=backend.dtype, prompts=prompts_fingerprint(config.protocol),
-            model=getattr(backend, "fingerprint", None),
-            grammar=GRAMMAR_VERSION,
-        )
+        self.judge_hash, self.config_hash = judge_identity(config, dtype=backend.dtype,
+                                                          fingerprint=getattr(backend, "fingerprint", None))
         self.t2i = is_t2i(config.protocol)  # text-to-image spatial judging: prompt + image, one request
-        self.config_hash = config_hash(self.judge_hash, config.aggregation, config.t2i if self.t2i else None)
         # The model that judges, as records name it: a server's served model (which may
         # be the one it serves when none was asked for), else the configured one.
         self.model = getattr(backend, "served_model", None) or config.model
@@ -504,6 +500,15 @@ class Judge:
         if kind == SC:
             return sc_request(source, edited, sample.instruction.strip(), seed=seed, protocol=protocol)
         return pq_request(edited, seed=seed, protocol=protocol)
+
+def judge_identity(config: JudgeConfig, *, dtype: str, fingerprint: str | None) -> tuple[str, str]:
+    """(judge hash, config hash) of a judge with ``config`` over a backend of
+    ``dtype`` and weights ``fingerprint``: what its records carry, and what a
+    results file resumes by (``spatialreward.ray`` computes them without an engine)."""
+    judge_hash = config.judge_hash(dtype=dtype, prompts=prompts_fingerprint(config.protocol), model=fingerprint,
+                                   grammar=GRAMMAR_VERSION)
+    return judge_hash, config_hash(judge_hash, config.aggregation, config.t2i if is_t2i(config.protocol) else None)
+
 
 def finish_result(result: JudgeResult, outcomes, aggregation) -> JudgeResult:
     """An edit's result from its (kind, Judgment or SampleError) outcomes, in pass

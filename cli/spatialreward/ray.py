@@ -3,12 +3,23 @@
     spatialreward judge m.jsonl -o s.jsonl --ray [--ray-address ADDR] [--replicas N] \\
         --backend openai --base-url http://gpu1:8000/v1 [--base-url ...]
 
+    spatialreward judge m.jsonl -o s.jsonl --ray --backend vllm --model M [--replicas N] \
+        [--tensor-parallel-size T]
+
     from spatialreward.ray import judge_dataset
     records = judge_dataset(ray.data.read_json("m.jsonl"), base_urls=["http://gpu1:8000/v1"])
+    records = judge_dataset(ds, backend="vllm", model="SpatialReward/SpatialReward-8B", replicas=8)
 
-The records are the ones ``judge --backend openai`` writes for the same
-manifest and flags (the same judge hash, config hash and model; the same
-fields): every step is the library's own function, run on Ray workers.
+The records are the ones ``judge --backend openai`` (or ``--backend vllm``)
+writes for the same manifest and flags (the same judge hash, config hash and
+model; the same fields): every step is the library's own function, run on Ray
+workers.
+
+vLLM replicas (``--backend vllm``, ``load_vllm_spec``): one Ray Data actor pool
+of N engines, each a ``Judge`` over the vllm backend holding its GPUs
+(``_VLLMReplica``); the sample rows go straight to it (its own prepare pool
+decodes), and it returns their records. The rest of this docstring is the
+OpenAI-compatible path.
 
 Pipeline (one row per edit, or per candidate of a group; no shuffle, so the SC
 and PQ answers of an edit stay in its row):
@@ -61,7 +72,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .config import Aggregation, Generation, JudgeConfig, load_config, with_overrides
-from .errors import ConfigError, InputError, ModelError, ParseError, SampleError, SpatialRewardError, describe
+from .errors import ConfigError, EngineError, InputError, ModelError, ParseError, SampleError, SpatialRewardError, describe
 from .sample import Sample
 
 log = logging.getLogger("spatialreward")
@@ -106,6 +117,12 @@ class RaySpec:
     actors: int = 1  # HTTP actors per stage
     batch_size: int = 16  # rows per HTTP batch
     block_rows: int = 64  # rows per block (a task of every stage; a shard)
+    # engine "vllm": vLLM replicas placed by Ray, each a Judge over the vllm backend
+    engine: str = "openai"
+    config: JudgeConfig | None = None  # what each replica loads
+    engine_options: tuple = ()  # its vllm backend's load() options, as (key, value) pairs
+    dtype: str = "auto"
+    replica_resources: tuple = ()  # Ray resources of one replica, as (key, value) pairs
 
     @property
     def in_flight(self) -> int:
@@ -173,6 +190,94 @@ def load_spec(*, base_urls: Sequence[str] | str, config: JudgeConfig | None = No
         )
     finally:
         backend.close()
+
+
+# vLLM replicas: edits per call of a replica; Ray Data runs four calls of an async UDF at once
+# (256 edits, 512 requests: twice the max_num_seqs of most GPUs, so the engine refills as
+# answers leave), and a block (a shard) is eight calls: it drains once per 512 edits. Not yet
+# measured on a GPU (none lent here).
+VLLM_BATCH = 64
+VLLM_BLOCK = 512
+
+
+def load_vllm_spec(*, config: JudgeConfig | None = None, config_file: str | None = None, model: str | None = None,
+                   overrides: dict | None = None, replicas: int | None = None, dtype: str = "auto",
+                   backend_options: dict | None = None, address: str | None = None) -> RaySpec:
+    """The spec of a run on vLLM replicas placed by Ray (``judge --ray --backend
+    vllm``): ``replicas`` engines (default: one per ``tensor_parallel_size`` GPUs
+    of the cluster; one on a cluster without GPUs, vLLM's CPU build), each
+    holding ``num_gpus=tensor_parallel_size``. The judge and config hashes are
+    those ``judge --backend vllm`` writes: the weights' fingerprint and the dtype
+    as vLLM resolves it, asked of a Ray task with a replica's resources (a CPU
+    head node may resolve "auto" otherwise than the GPU nodes)."""
+    from .backends.transformers_backend import locate_model
+    from .judge import judge_identity
+    from .protocols import is_t2i
+
+    _require_ray()
+    if config is None:
+        tree = dict(overrides or {})
+        if model is not None:
+            tree["model"] = model
+        config = load_config(config_file, tree)
+    elif model is not None or overrides:
+        config = with_overrides(config, {**(overrides or {}), **({"model": model} if model else {})})
+    if is_t2i(config.protocol):
+        raise ConfigError("--ray judges edits; --protocol t2i-spatial is not supported under --ray")
+    if replicas is not None and (not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1):
+        raise ConfigError(f"--replicas must be an integer >= 1, not {replicas!r}")
+    options = dict(backend_options or {})
+    options.pop("device", None)
+    tp = int(options.get("tensor_parallel_size") or 1)
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise EngineError("--ray --backend vllm needs vLLM where the driver runs and on every node: "
+                          "pip install 'spatialreward[vllm,ray]'")
+    locate_model(config.model, config.revision)  # a missing model is said at once, on the driver
+    ray = _init_ray(address)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus >= tp:
+        resources = {"num_gpus": tp}
+        replicas = replicas or max(1, int(gpus // tp))
+    else:
+        if gpus:
+            raise ConfigError(f"--tensor-parallel-size {tp} needs {tp} GPUs per replica; the Ray cluster has {gpus:g}")
+        log.warning("no GPU in the Ray cluster: the vLLM replicas run on CPUs (vLLM's CPU build)")
+        resources = {"num_cpus": 1}
+        replicas = replicas or 1
+    try:
+        fingerprint, resolved = ray.get(ray.remote(_engine_identity).options(**resources).remote(
+            config.model, config.revision, dtype))
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.as_instanceof_cause()
+        raise EngineError(f"a Ray worker could not read {config.model}'s engine config: "
+                          f"{describe(getattr(cause, 'cause', None) or cause)}") from None
+    judge_hash, config_hash = judge_identity(config, dtype=resolved, fingerprint=fingerprint)
+    return RaySpec(
+        urls=(), served_model="", model=config.model, judge_hash=judge_hash, config_hash=config_hash,
+        generation=config.generation, aggregation=config.aggregation, protocol=config.protocol,
+        replicas=replicas, actors=replicas, batch_size=VLLM_BATCH, block_rows=VLLM_BLOCK, engine="vllm",
+        config=config, engine_options=tuple(sorted(options.items())), dtype=dtype,
+        replica_resources=tuple(sorted(resources.items())),
+    )
+
+
+def _engine_identity(model: str, revision: str | None, dtype: str) -> tuple[str, str]:
+    from .backends.vllm_backend import engine_identity
+
+    return engine_identity(model, revision=revision, dtype=dtype)
+
+
+def _init_ray(address: str | None):
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    return ray
 
 
 # -- samples as rows -----------------------------------------------------------------
@@ -609,9 +714,43 @@ class _Finish:
                 "record": json.dumps(record, ensure_ascii=False, allow_nan=False)}
 
 
+class _VLLMReplica:
+    """One vLLM replica (``engine: vllm``): a ``Judge`` over the vllm backend,
+    loaded once per actor; each call judges a batch of sample rows with the
+    judge's own pipeline (its prepare pool decodes and resizes, the engine
+    batches continuously) and returns their records, exactly as ``judge
+    --backend vllm`` writes them. The calls are coroutines on the actor's one
+    event loop (Ray Data runs several at once), so the engine is refilled from
+    the next batch while a batch ends."""
+
+    def __init__(self, spec: RaySpec):
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        from .judge import Judge
+
+        self.judge = Judge.from_pretrained(config=spec.config, dtype=spec.dtype, backend="vllm",
+                                           backend_options=dict(spec.engine_options))
+        if (self.judge.judge_hash, self.judge.config_hash) != (spec.judge_hash, spec.config_hash):
+            found = self.judge.backend.dtype
+            self.judge.close()
+            raise ConfigError(f"this replica's engine resolved dtype {found}, not what the driver was told for "
+                              f"{spec.model}: pass --dtype explicitly")
+
+    async def __call__(self, batch: dict) -> dict:
+        samples = [sample_from_json(str(text)) for text in batch["_sample"]]
+        records = [r.to_record() for r in await self.judge.ajudge_many(samples)]
+        return {"_seq": batch["_seq"], "id": [r["id"] for r in records],
+                "record": [json.dumps(r, ensure_ascii=False, allow_nan=False) for r in records]}
+
+
 def judge_rows(ds, spec: RaySpec):
     """Rows ``{"_seq", "_sample"}`` (``sample_json``) -> rows ``{"_seq", "id",
     "record"}`` (the record as JSON text), lazily."""
+    if spec.engine == "vllm":
+        import ray
+
+        return ds.map_batches(_VLLMReplica, fn_constructor_args=(spec,), batch_size=spec.batch_size,
+                              batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=spec.replicas),
+                              **dict(spec.replica_resources))
     ds = ds.map(_Prepare(spec))
     for p, kind in spec.stages():
         ds = _http_stage(ds, spec, _body_column(kind, p), _answer_column(kind, p), kind)
@@ -623,11 +762,12 @@ def judge_rows(ds, spec: RaySpec):
     return ds.map(_Finish(spec))
 
 
-def judge_dataset(ds, *, base_urls: Sequence[str] | str, config: JudgeConfig | None = None,
+def judge_dataset(ds, *, base_urls: Sequence[str] | str | None = None, config: JudgeConfig | None = None,
                   config_file: str | None = None, model: str | None = None, overrides: dict | None = None,
                   concurrency: int = DEFAULT_REPLICAS, api_key_env: str | None = None,
                   manifest_base: str | os.PathLike | None = None, actors: int | None = None,
-                  backend_options: dict | None = None, spec: RaySpec | None = None):
+                  backend_options: dict | None = None, spec: RaySpec | None = None, backend: str = "openai",
+                  replicas: int | None = None, dtype: str = "auto"):
     """A Dataset of manifest rows -> a Dataset of records (one per edit, one per
     candidate of a group; the record's fields as columns would lose their
     nesting, so each row is ``{"id", "record"}`` with the record as the JSON
@@ -637,12 +777,23 @@ def judge_dataset(ds, *, base_urls: Sequence[str] | str, config: JudgeConfig | N
     ``instruction``, ...; a null column counts as absent); images are paths,
     relative to ``manifest_base`` (default: the working directory), or bytes.
     Optional ``_origin`` ("FILE:LINE") names a row in error records, and
-    ``_seq`` orders it. ``concurrency``: requests in flight per endpoint. The
-    servers are checked on the driver (``OpenAIBackend.load``) and the hashes
-    are the ``Judge``'s. Duplicate ids are not detected here (the CLI's
-    ``--ray`` does it, as ``judge``); groups are not ranked (``rank_group``)."""
+    ``_seq`` orders it. Duplicate ids are not detected here (the CLI's
+    ``--ray`` does it, as ``judge``); groups are not ranked (``rank_group``).
+
+    ``backend="openai"`` (default): the servers at ``base_urls``, checked on the
+    driver (``OpenAIBackend.load``); ``concurrency``: requests in flight per
+    endpoint. ``backend="vllm"``: ``replicas`` vLLM engines placed by Ray
+    (``load_vllm_spec``; ``backend_options``: the vllm backend's, e.g.
+    ``{"tensor_parallel_size": 2}``). Either way the hashes are the ``Judge``'s."""
     _require_ray()
-    if spec is None:
+    if spec is None and backend == "vllm":
+        spec = load_vllm_spec(config=config, config_file=config_file, model=model, overrides=overrides,
+                              replicas=replicas, dtype=dtype, backend_options=backend_options)
+    elif spec is None:
+        if backend != "openai":
+            raise ConfigError(f"judge_dataset judges through backend openai or vllm, not {backend!r}")
+        if not base_urls:
+            raise ConfigError("judge_dataset(backend='openai') needs base_urls: the servers to send to")
         spec = load_spec(base_urls=base_urls, config=config, config_file=config_file, model=model,
                          overrides=overrides, api_key_env=api_key_env, replicas=concurrency, actors=actors,
                          backend_options=backend_options)
@@ -812,20 +963,35 @@ def run_manifest(spec: RaySpec, read_samples: Callable[[], Iterable[Sample]], ou
 
 def _judge_into_shards(rows: list[dict], spec: RaySpec, folder: Path, address: str | None,
                        on_progress: Callable[[int, int], None] | None) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    ray = _init_ray(address)
     blocks = max(1, min(len(rows), -(-len(rows) // max(1, spec.block_rows))))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     out = judge_rows(ds, spec).map_batches(_WriteShard(str(folder)), batch_size=None, batch_format="numpy")
     total, finished, last = len(rows), 0, 0.0
-    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-        finished += int(sum(batch["written"]))
-        now = time.monotonic()
-        if on_progress and (now - last >= 2.0 or finished >= total):
-            on_progress(finished, total)
-            last = now
+    try:
+        for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+            finished += int(sum(batch["written"]))
+            now = time.monotonic()
+            if on_progress and (now - last >= 2.0 or finished >= total):
+                on_progress(finished, total)
+                last = now
+    except (ray.exceptions.RayError, ray.data.exceptions.UserCodeException) as exc:
+        # A stage that cannot go on (an engine replica that cannot start, a worker's bug):
+        # one line; the shards already written stay, so the same command resumes.
+        raise EngineError(f"the Ray run stopped after {finished} of {total} edits: {_root_cause(exc)}; the "
+                          f"records written so far are kept: run the same command again to resume") from None
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The worker's own exception under Ray's wrappers, in one line. Ray Data
+    wraps a stage's exception in ``UserCodeException`` and ships it as a
+    ``RayTaskError`` whose text holds the worker's traceback (the original
+    exception object does not cross): its first ``Name: message`` line."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    for line in text.splitlines():
+        match = re.match(r"([A-Za-z_][\w.]*): (.+)", line)
+        if match and not match.group(1).startswith("ray."):
+            return f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2).strip()[:200]}"
+    return describe(getattr(exc, "cause", None) or exc)

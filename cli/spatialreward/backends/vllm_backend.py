@@ -152,7 +152,7 @@ class VLLMBackend:
             raise_if_mismatch(exc)
             raise
         from ..loop import LoopThread
-        from .transformers_backend import locate_model, model_fingerprint
+        from .transformers_backend import locate_model
 
         locate_model(model, revision)  # a missing model is said in seconds, before vLLM starts
         needed, _ = context_needed(generation)
@@ -202,7 +202,7 @@ class VLLMBackend:
             raise
         resolved = str(engine.model_config.dtype).removeprefix("torch.")
         try:
-            backend = cls(engine, model_id=model, fingerprint="vllm:" + model_fingerprint(model, revision),
+            backend = cls(engine, model_id=model, fingerprint=vllm_fingerprint(model, revision),
                           dtype=resolved, generation=generation, runner=runner, capacity=capacity)
         except BaseException:
             _shutdown(engine, runner)
@@ -348,6 +348,24 @@ class VLLMBackend:
         """``close`` from an event loop (the judge's close): the engine's shutdown
         runs on a worker thread, the loop goes on."""
         await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+
+def vllm_fingerprint(model: str, revision: str | None) -> str:
+    """The weights' identity as a vLLM backend's records name it."""
+    from .transformers_backend import model_fingerprint
+
+    return "vllm:" + model_fingerprint(model, revision)
+
+
+def engine_identity(model: str, *, revision: str | None = None, dtype: str = "auto") -> tuple[str, str]:
+    """(fingerprint, dtype) of the engine ``load`` would start, without starting
+    it: the dtype as vLLM resolves it from the model's config on this machine's
+    platform (a CPU and a GPU may resolve "auto" differently, so ask on a machine
+    like the engine's). ``spatialreward.ray`` hashes its records with these."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    config = AsyncEngineArgs(model=model, revision=revision, dtype=dtype, seed=0).create_model_config()
+    return vllm_fingerprint(model, revision), str(config.dtype).removeprefix("torch.")
 
 
 def _running_loop():

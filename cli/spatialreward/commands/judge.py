@@ -35,11 +35,13 @@ EXIT_INTERRUPTED = 130
 @click.option("--retry-errors", is_flag=True, help="On resume, judge again the edits recorded as errors.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad input (exit 3) instead of recording it.")
 @click.option("--ray", "use_ray", is_flag=True,
-              help="Judge on Ray Data across a cluster (--backend openai; needs -o; pip install 'spatialreward[ray]').")
+              help="Judge on Ray Data across a cluster (--backend openai or vllm; needs -o; "
+                   "pip install 'spatialreward[ray]').")
 @click.option("--ray-address", metavar="ADDR", default=None,
               help="--ray: the cluster to join (e.g. ray://head:10001, auto) [default: RAY_ADDRESS, else a local Ray].")
 @click.option("--replicas", type=click.IntRange(min=1), default=None,
-              help="--ray: requests in flight per --base-url endpoint [default 8].")
+              help="--ray: requests in flight per --base-url endpoint (openai) [default 8]; vLLM engines placed "
+                   "by Ray (vllm) [default: one per --tensor-parallel-size GPUs of the cluster].")
 @judge_options
 @quiet_option
 @pass_params
@@ -130,10 +132,13 @@ def _check_ray_flags(params: dict) -> None:
             if params.get(key) is not None:
                 raise click.UsageError(f"{flag} applies only with --ray")
         return
-    if params["backend"] != "openai":
-        raise click.UsageError(f"--ray judges through OpenAI-compatible servers: use --backend openai --base-url URL, "
-                               f"not --backend {params['backend']}")
-    if not params["base_urls"]:
+    if params["backend"] not in ("openai", "vllm"):
+        raise click.UsageError(f"--ray judges through OpenAI-compatible servers (--backend openai --base-url URL) or "
+                               f"vLLM replicas it places (--backend vllm), not --backend {params['backend']}")
+    if params["backend"] == "vllm" and params.get("device") not in (None, "", "auto"):
+        raise click.UsageError("--device does not apply to --ray --backend vllm: each replica gets its GPUs from Ray "
+                               "(--tensor-parallel-size per replica)")
+    if params["backend"] == "openai" and not params["base_urls"]:
         raise click.UsageError("--ray needs the servers: --base-url http://HOST:PORT/v1 (repeat it for several)")
     if not params["output"]:
         raise click.UsageError("--ray needs -o FILE (the records are merged there; the run resumes from it)")
@@ -151,13 +156,24 @@ def _run_ray(params: dict, config, output: Path, on_record):
 
     quiet = params["quiet"]
     options = backend_options(params)
-    base_urls = options.pop("base_urls")
-    api_key_env = options.pop("api_key_env", None)
-    if not quiet:
-        click.echo(f"checking the servers for {config.model} (backend openai, --ray) ...", err=True)
-    spec = load_spec(base_urls=base_urls, config=config, api_key_env=api_key_env,
-                     replicas=params["replicas"] or DEFAULT_REPLICAS, backend_options=options,
-                     model_explicit=params.get("model") is not None or config.model != DEFAULT_MODEL)
+    if params["backend"] == "vllm":
+        from ..ray import load_vllm_spec
+
+        if not quiet:
+            click.echo(f"starting Ray and asking a replica's node for {config.model}'s dtype (backend vllm, --ray) ...",
+                       err=True)
+        spec = load_vllm_spec(config=config, replicas=params["replicas"], dtype=params["dtype"],
+                              backend_options=options, address=params["ray_address"])
+        if not quiet:
+            click.echo(f"ray: {spec.replicas} vLLM replica(s), each {dict(spec.replica_resources)}", err=True)
+    else:
+        base_urls = options.pop("base_urls")
+        api_key_env = options.pop("api_key_env", None)
+        if not quiet:
+            click.echo(f"checking the servers for {config.model} (backend openai, --ray) ...", err=True)
+        spec = load_spec(base_urls=base_urls, config=config, api_key_env=api_key_env,
+                         replicas=params["replicas"] or DEFAULT_REPLICAS, backend_options=options,
+                         model_explicit=params.get("model") is not None or config.model != DEFAULT_MODEL)
 
     def on_progress(done: int, total: int) -> None:
         if not quiet:
