@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -176,29 +177,47 @@ def test_a_killed_driver_resumes_and_writes_every_edit_once(local_ray, manifest,
         slow.stop()
 
 
-@pytest.mark.slow  # a local Ray instance: --full
-def test_a_stage_that_cannot_go_on_is_one_line_and_the_run_resumable(local_ray, monkeypatch, tmp_path):
+# A driver whose Ray stage raises (as a replica that cannot start would): run by the next test.
+FAILING_RUN = r"""
+import pathlib, sys
+
+import spatialreward.ray as sray
+from spatialreward.config import Aggregation, Generation
+
+
+def broken(ds, spec):
+    def boom(row):
+        raise ValueError("the replica cannot start: out of GPU memory")
+    return ds.map(boom)
+
+
+sray.judge_rows = broken
+spec = sray.RaySpec(urls=("http://127.0.0.1:9/v1",), served_model="m", model="m", judge_hash="j",
+                    config_hash="c", generation=Generation(), aggregation=Aggregation(), protocol="eval")
+try:
+    sray._judge_into_shards([{"_seq": [0, 0], "_sample": "{}"}], spec, pathlib.Path(sys.argv[1]), None, None)
+except sray.EngineError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow  # starts a local Ray of its own: --full
+def test_a_stage_that_cannot_go_on_is_one_line_and_the_run_resumable(tmp_path):
     """A stage that raises (a replica that cannot start, a worker's bug) stops
-    the run with one line naming the cause and saying how to resume, not a
-    Ray traceback."""
-    import spatialreward.ray as sray
-    from spatialreward.config import Aggregation, Generation
-    from spatialreward.errors import EngineError
-
-    def broken(ds, spec):
-        def boom(row):
-            raise ValueError("the replica cannot start: out of GPU memory")
-        return ds.map(boom)
-
-    monkeypatch.setattr(sray, "judge_rows", broken)
-    spec = sray.RaySpec(urls=("http://127.0.0.1:9/v1",), served_model="m", model="m", judge_hash="j",
-                        config_hash="c", generation=Generation(), aggregation=Aggregation(), protocol="eval")
-    with pytest.raises(EngineError) as info:
-        sray._judge_into_shards([{"_seq": [0, 0], "_sample": "{}"}], spec, tmp_path, local_ray, None)
-    message = str(info.value)
-    assert message.startswith("the Ray run stopped after 0 of 1 edits: ValueError: the replica cannot start: "
-                              "out of GPU memory;"), message
-    assert message.endswith("run the same command again to resume") and "\n" not in message
+    the run with one line naming the worker's exception and saying how to
+    resume; Ray Data's own error and traceback lines stay off the console
+    (they are in Ray's logs)."""
+    script = tmp_path / "failing_run.py"
+    script.write_text(FAILING_RUN)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("the Ray run stopped after 0 of 1 edits: ValueError: the replica cannot start: "
+                                "out of GPU memory; the records written so far are kept: run the same command "
+                                "again to resume"), proc.stderr
+    noise = [line for line in lines[:-1] if "ERROR" in line or "Traceback" in line or "execution failed" in line]
+    assert not noise, proc.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -240,8 +259,8 @@ def test_ray_vllm_replicas_without_vllm_say_how_to_install(manifest, tmp_path):
         pytest.skip("vLLM is installed here")
     proc = run_cli("judge", manifest, "-o", tmp_path / "out.jsonl", "--ray", "--backend", "vllm", "-q")
     assert proc.returncode == 3, proc.stderr
-    assert proc.stderr.strip() == ("Error: --ray --backend vllm needs vLLM where the driver runs and on every node: "
-                                   "pip install 'spatialreward[vllm,ray]'")
+    assert proc.stderr.strip() == ("Error: --ray --backend vllm needs vLLM where the replicas run (here, with a local "
+                                   "Ray): pip install 'spatialreward[vllm,ray]'")
     assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.jsonl.ray").exists()
 
 

@@ -501,6 +501,7 @@ class Judge:
             return sc_request(source, edited, sample.instruction.strip(), seed=seed, protocol=protocol)
         return pq_request(edited, seed=seed, protocol=protocol)
 
+
 def judge_identity(config: JudgeConfig, *, dtype: str, fingerprint: str | None) -> tuple[str, str]:
     """(judge hash, config hash) of a judge with ``config`` over a backend of
     ``dtype`` and weights ``fingerprint``: what its records carry, and what a

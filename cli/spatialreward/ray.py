@@ -3,7 +3,7 @@
     spatialreward judge m.jsonl -o s.jsonl --ray [--ray-address ADDR] [--replicas N] \\
         --backend openai --base-url http://gpu1:8000/v1 [--base-url ...]
 
-    spatialreward judge m.jsonl -o s.jsonl --ray --backend vllm --model M [--replicas N] \
+    spatialreward judge m.jsonl -o s.jsonl --ray --backend vllm --model M [--replicas N] \\
         [--tensor-parallel-size T]
 
     from spatialreward.ray import judge_dataset
@@ -210,7 +210,6 @@ def load_vllm_spec(*, config: JudgeConfig | None = None, config_file: str | None
     those ``judge --backend vllm`` writes: the weights' fingerprint and the dtype
     as vLLM resolves it, asked of a Ray task with a replica's resources (a CPU
     head node may resolve "auto" otherwise than the GPU nodes)."""
-    from .backends.transformers_backend import locate_model
     from .judge import judge_identity
     from .protocols import is_t2i
 
@@ -229,30 +228,47 @@ def load_vllm_spec(*, config: JudgeConfig | None = None, config_file: str | None
     options = dict(backend_options or {})
     options.pop("device", None)
     tp = int(options.get("tensor_parallel_size") or 1)
+    if tp > 1:
+        # The replica's engine runs its tensor-parallel workers inside the actor's GPUs ("mp"),
+        # never as Ray tasks of their own (which would ask for GPUs the actor already holds).
+        options.setdefault("distributed_executor_backend", "mp")
     import importlib.util
 
-    if importlib.util.find_spec("vllm") is None:
-        raise EngineError("--ray --backend vllm needs vLLM where the driver runs and on every node: "
+    if address is None and importlib.util.find_spec("vllm") is None:  # a local Ray: the replicas run here
+        raise EngineError("--ray --backend vllm needs vLLM where the replicas run (here, with a local Ray): "
                           "pip install 'spatialreward[vllm,ray]'")
-    locate_model(config.model, config.revision)  # a missing model is said at once, on the driver
     ray = _init_ray(address)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if gpus >= tp:
+    fits = sum(int(node.get("Resources", {}).get("GPU", 0) // tp) for node in ray.nodes() if node.get("Alive"))
+    if any(node.get("Resources", {}).get("GPU", 0) for node in ray.nodes() if node.get("Alive")):
+        if fits < 1:
+            raise ConfigError(f"--tensor-parallel-size {tp}: no node of the Ray cluster has {tp} GPUs for a replica")
         resources = {"num_gpus": tp}
-        replicas = replicas or max(1, int(gpus // tp))
     else:
-        if gpus:
-            raise ConfigError(f"--tensor-parallel-size {tp} needs {tp} GPUs per replica; the Ray cluster has {gpus:g}")
+        if tp > 1:
+            raise ConfigError(f"--tensor-parallel-size {tp} needs GPUs; the Ray cluster has none")
         log.warning("no GPU in the Ray cluster: the vLLM replicas run on CPUs (vLLM's CPU build)")
         resources = {"num_cpus": 1}
-        replicas = replicas or 1
+        fits = None
+    if replicas is None:
+        replicas = fits or 1
+    elif fits is not None and replicas > fits:
+        raise ConfigError(f"--replicas {replicas}: the Ray cluster's nodes hold {fits} replica(s) of "
+                          f"{tp} GPU(s) each")
+    identity_args = {k: v for k, v in options.items() if k != "capacity"}
     try:
-        fingerprint, resolved = ray.get(ray.remote(_engine_identity).options(**resources).remote(
-            config.model, config.revision, dtype))
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.as_instanceof_cause()
-        raise EngineError(f"a Ray worker could not read {config.model}'s engine config: "
-                          f"{describe(getattr(cause, 'cause', None) or cause)}") from None
+        # On a node like the replicas': the weights must be there, and vLLM resolves the dtype there.
+        found = ray.get(ray.remote(_engine_identity).options(**resources).remote(
+            config.model, config.revision, dtype, identity_args), timeout=IDENTITY_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        raise EngineError(f"no Ray worker with {resources} answered within {IDENTITY_TIMEOUT_S} s (is every node's "
+                          "Ray up, and does one have those resources free?)") from None
+    except ray.exceptions.RayError as exc:
+        raise EngineError(f"a Ray worker could not read {config.model}'s engine config: {_root_cause(exc)} "
+                          "(vLLM and spatialreward[vllm,ray] must be installed on every node)") from None
+    if "error" in found:
+        name, message = found["error"]
+        raise _error_classes().get(name, EngineError)(message)
+    fingerprint, resolved = found["fingerprint"], found["dtype"]
     judge_hash, config_hash = judge_identity(config, dtype=resolved, fingerprint=fingerprint)
     return RaySpec(
         urls=(), served_model="", model=config.model, judge_hash=judge_hash, config_hash=config_hash,
@@ -263,10 +279,28 @@ def load_vllm_spec(*, config: JudgeConfig | None = None, config_file: str | None
     )
 
 
-def _engine_identity(model: str, revision: str | None, dtype: str) -> tuple[str, str]:
+IDENTITY_TIMEOUT_S = 600  # a worker's start and vLLM's import, on a busy cluster
+
+
+def _engine_identity(model: str, revision: str | None, dtype: str, engine_args: dict) -> dict:
+    """On a replica's node: where the weights are (a missing model is its one
+    line), and the (fingerprint, dtype) a replica's engine will have."""
+    from .backends.transformers_backend import locate_model
     from .backends.vllm_backend import engine_identity
 
-    return engine_identity(model, revision=revision, dtype=dtype)
+    try:
+        locate_model(model, revision)
+        fingerprint, resolved = engine_identity(model, revision=revision, dtype=dtype, **engine_args)
+    except SpatialRewardError as exc:
+        return {"error": [type(exc).__name__, str(exc)]}
+    return {"fingerprint": fingerprint, "dtype": resolved}
+
+
+def _error_classes() -> dict:
+    from . import errors
+
+    return {name: cls for name, cls in vars(errors).items()
+            if isinstance(cls, type) and issubclass(cls, SpatialRewardError)}
 
 
 def _init_ray(address: str | None):
@@ -727,13 +761,21 @@ class _VLLMReplica:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from .judge import Judge
 
-        self.judge = Judge.from_pretrained(config=spec.config, dtype=spec.dtype, backend="vllm",
-                                           backend_options=dict(spec.engine_options))
-        if (self.judge.judge_hash, self.judge.config_hash) != (spec.judge_hash, spec.config_hash):
-            found = self.judge.backend.dtype
-            self.judge.close()
-            raise ConfigError(f"this replica's engine resolved dtype {found}, not what the driver was told for "
-                              f"{spec.model}: pass --dtype explicitly")
+        self.judge = None
+        judge = Judge.from_pretrained(config=spec.config, dtype=spec.dtype, backend="vllm",
+                                      backend_options=dict(spec.engine_options))
+        if (judge.judge_hash, judge.config_hash) != (spec.judge_hash, spec.config_hash):
+            backend = judge.backend
+            judge.close()
+            raise ConfigError(
+                f"this replica's engine is not the one the driver hashed for {spec.model} (here: dtype "
+                f"{backend.dtype}, weights {backend.fingerprint}; the driver's judge hash {spec.judge_hash}): "
+                "pass --dtype explicitly, and give every node the same copy of the weights")
+        self.judge = judge
+
+    def __del__(self):
+        if getattr(self, "judge", None) is not None:
+            self.judge.close()  # the engine's processes end with the actor (Ray Data's pool shutdown)
 
     async def __call__(self, batch: dict) -> dict:
         samples = [sample_from_json(str(text)) for text in batch["_sample"]]
@@ -963,11 +1005,20 @@ def run_manifest(spec: RaySpec, read_samples: Callable[[], Iterable[Sample]], ou
 
 def _judge_into_shards(rows: list[dict], spec: RaySpec, folder: Path, address: str | None,
                        on_progress: Callable[[int, int], None] | None) -> None:
+    import dataclasses
+
     ray = _init_ray(address)
+    if spec.engine == "vllm":
+        # Every replica gets work (a block is one replica's task), and none loads an engine for nothing.
+        per_replica = -(-len(rows) // spec.replicas)
+        block_rows = min(spec.block_rows, max(spec.batch_size, per_replica))
+        spec = dataclasses.replace(spec, block_rows=block_rows,
+                                   replicas=min(spec.replicas, -(-len(rows) // block_rows)))
     blocks = max(1, min(len(rows), -(-len(rows) // max(1, spec.block_rows))))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     out = judge_rows(ds, spec).map_batches(_WriteShard(str(folder)), batch_size=None, batch_format="numpy")
     total, finished, last = len(rows), 0, 0.0
+    quiet = _QuietRayData()
     try:
         for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
             finished += int(sum(batch["written"]))
@@ -979,7 +1030,26 @@ def _judge_into_shards(rows: list[dict], spec: RaySpec, folder: Path, address: s
         # A stage that cannot go on (an engine replica that cannot start, a worker's bug):
         # one line; the shards already written stay, so the same command resumes.
         raise EngineError(f"the Ray run stopped after {finished} of {total} edits: {_root_cause(exc)}; the "
-                          f"records written so far are kept: run the same command again to resume") from None
+                          f"records written so far are kept: run the same command again to resume (Ray's logs, "
+                          f"/tmp/ray/session_latest/logs on the head node, hold the workers' tracebacks)") from None
+    finally:
+        quiet.restore()
+
+
+class _QuietRayData:
+    """Ray Data's own console lines on the driver (an execution started, finished,
+    or failed with a traceback) off while a run goes on: the run says its progress
+    and, on a failure, one line (``_judge_into_shards``)."""
+
+    def __init__(self):
+        self.loggers = [logging.getLogger(name) for name in ("ray.data", "ray.llm")]
+        self.levels = [logger.level for logger in self.loggers]
+        for logger in self.loggers:
+            logger.setLevel(logging.CRITICAL)
+
+    def restore(self) -> None:
+        for logger, level in zip(self.loggers, self.levels):
+            logger.setLevel(level)
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -357,14 +357,17 @@ def vllm_fingerprint(model: str, revision: str | None) -> str:
     return "vllm:" + model_fingerprint(model, revision)
 
 
-def engine_identity(model: str, *, revision: str | None = None, dtype: str = "auto") -> tuple[str, str]:
+def engine_identity(model: str, *, revision: str | None = None, dtype: str = "auto",
+                    **engine_args) -> tuple[str, str]:
     """(fingerprint, dtype) of the engine ``load`` would start, without starting
-    it: the dtype as vLLM resolves it from the model's config on this machine's
-    platform (a CPU and a GPU may resolve "auto" differently, so ask on a machine
-    like the engine's). ``spatialreward.ray`` hashes its records with these."""
+    it: the dtype as vLLM resolves it from the model's config (and ``engine_args``:
+    a quantization or config override can change it) on this machine's platform
+    (a CPU and a GPU may resolve "auto" differently, so ask on a machine like the
+    engine's). ``spatialreward.ray`` hashes its records with these."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    config = AsyncEngineArgs(model=model, revision=revision, dtype=dtype, seed=0).create_model_config()
+    config = AsyncEngineArgs(**{**engine_args, "model": model, "revision": revision, "dtype": dtype,
+                                "seed": 0}).create_model_config()
     return vllm_fingerprint(model, revision), str(config.dtype).removeprefix("torch.")
 
 
