@@ -149,15 +149,10 @@ def block_shape(replicas: int) -> dict:
     return {"batch_size": max(1, -(-replicas // 2)), "block_rows": max(4, 4 * replicas)}
 
 
-def load_spec(*, base_urls: Sequence[str] | str, config: JudgeConfig | None = None, config_file: str | None = None,
-              model: str | None = None, overrides: dict | None = None, api_key_env: str | None = None,
-              replicas: int = DEFAULT_REPLICAS, actors: int | None = None, backend_options: dict | None = None,
-              model_explicit: bool | None = None) -> RaySpec:
-    """Connect to the servers as ``judge --backend openai`` does (the same
-    checks, one clear line each) and return the spec: the judge hash, config
-    hash and model are the ``Judge``'s own."""
-    from .backends.openai_backend import OpenAIBackend
-    from .judge import Judge
+def _edit_config(config: JudgeConfig | None, config_file: str | None, model: str | None,
+                 overrides: dict | None) -> JudgeConfig:
+    """The run's config (a given one with ``model``/``overrides`` applied, else
+    loaded); edits only: t2i is not judged under --ray."""
     from .protocols import is_t2i
 
     if config is None:
@@ -169,6 +164,20 @@ def load_spec(*, base_urls: Sequence[str] | str, config: JudgeConfig | None = No
         config = with_overrides(config, {**(overrides or {}), **({"model": model} if model else {})})
     if is_t2i(config.protocol):
         raise ConfigError("--ray judges edits; --protocol t2i-spatial is not supported under --ray")
+    return config
+
+
+def load_spec(*, base_urls: Sequence[str] | str, config: JudgeConfig | None = None, config_file: str | None = None,
+              model: str | None = None, overrides: dict | None = None, api_key_env: str | None = None,
+              replicas: int = DEFAULT_REPLICAS, actors: int | None = None, backend_options: dict | None = None,
+              model_explicit: bool | None = None) -> RaySpec:
+    """Connect to the servers as ``judge --backend openai`` does (the same
+    checks, one clear line each) and return the spec: the judge hash, config
+    hash and model are the ``Judge``'s own."""
+    from .backends.openai_backend import OpenAIBackend
+    from .judge import Judge
+
+    config = _edit_config(config, config_file, model, overrides)
     if not isinstance(replicas, int) or replicas < 1:
         raise ConfigError(f"--replicas must be an integer >= 1, not {replicas!r}")
     options = dict(backend_options or {})
@@ -211,18 +220,9 @@ def load_vllm_spec(*, config: JudgeConfig | None = None, config_file: str | None
     as vLLM resolves it, asked of a Ray task with a replica's resources (a CPU
     head node may resolve "auto" otherwise than the GPU nodes)."""
     from .judge import judge_identity
-    from .protocols import is_t2i
 
     _require_ray()
-    if config is None:
-        tree = dict(overrides or {})
-        if model is not None:
-            tree["model"] = model
-        config = load_config(config_file, tree)
-    elif model is not None or overrides:
-        config = with_overrides(config, {**(overrides or {}), **({"model": model} if model else {})})
-    if is_t2i(config.protocol):
-        raise ConfigError("--ray judges edits; --protocol t2i-spatial is not supported under --ray")
+    config = _edit_config(config, config_file, model, overrides)
     if replicas is not None and (not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1):
         raise ConfigError(f"--replicas must be an integer >= 1, not {replicas!r}")
     options = dict(backend_options or {})
