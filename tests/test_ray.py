@@ -177,6 +177,22 @@ def test_a_killed_driver_resumes_and_writes_every_edit_once(local_ray, manifest,
         slow.stop()
 
 
+@pytest.mark.slow  # a local Ray instance: --full
+def test_ray_vllm_replicas_say_a_missing_model_in_one_line(local_ray, manifest, tmp_path):
+    """The weights are looked for on a replica's node (a Ray task; a cluster's
+    head need not hold them): a missing folder is the judge's own one line and
+    exit code, not a Ray traceback; nothing is written."""
+    missing = tmp_path / "no-such-model"
+    proc = run_cli("judge", manifest, "-o", tmp_path / "out.jsonl", "--ray", "--ray-address", local_ray,
+                   "--backend", "vllm", "--model", missing, "-q")
+    direct = run_cli("judge", manifest, "-o", tmp_path / "direct.jsonl", "--model", missing, "-q")
+    assert direct.returncode != 0 and proc.returncode == direct.returncode, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert error == [line for line in direct.stderr.splitlines() if line.startswith("Error:")], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.jsonl.ray").exists()
+
+
 # A driver whose Ray stage raises (as a replica that cannot start would): run by the next test.
 FAILING_RUN = r"""
 import pathlib, sys

@@ -238,8 +238,9 @@ def load_vllm_spec(*, config: JudgeConfig | None = None, config_file: str | None
         raise EngineError("--ray --backend vllm needs vLLM where the replicas run (here, with a local Ray): "
                           "pip install 'spatialreward[vllm,ray]'")
     ray = _init_ray(address)
-    fits = sum(int(node.get("Resources", {}).get("GPU", 0) // tp) for node in ray.nodes() if node.get("Alive"))
-    if any(node.get("Resources", {}).get("GPU", 0) for node in ray.nodes() if node.get("Alive")):
+    node_gpus = [node.get("Resources", {}).get("GPU", 0) for node in ray.nodes() if node.get("Alive")]
+    fits = sum(int(gpus // tp) for gpus in node_gpus)
+    if any(node_gpus):
         if fits < 1:
             raise ConfigError(f"--tensor-parallel-size {tp}: no node of the Ray cluster has {tp} GPUs for a replica")
         resources = {"num_gpus": tp}
@@ -263,12 +264,11 @@ def load_vllm_spec(*, config: JudgeConfig | None = None, config_file: str | None
         raise EngineError(f"no Ray worker with {resources} answered within {IDENTITY_TIMEOUT_S} s (is every node's "
                           "Ray up, and does one have those resources free?)") from None
     except ray.exceptions.RayError as exc:
+        if isinstance(getattr(exc, "cause", None), SpatialRewardError):
+            raise exc.cause from None  # the worker's own one line (a missing model), as judge says it
         raise EngineError(f"a Ray worker could not read {config.model}'s engine config: {_root_cause(exc)} "
                           "(vLLM and spatialreward[vllm,ray] must be installed on every node)") from None
-    if "error" in found:
-        name, message = found["error"]
-        raise _error_classes().get(name, EngineError)(message)
-    fingerprint, resolved = found["fingerprint"], found["dtype"]
+    fingerprint, resolved = found
     judge_hash, config_hash = judge_identity(config, dtype=resolved, fingerprint=fingerprint)
     return RaySpec(
         urls=(), served_model="", model=config.model, judge_hash=judge_hash, config_hash=config_hash,
@@ -282,25 +282,15 @@ def load_vllm_spec(*, config: JudgeConfig | None = None, config_file: str | None
 IDENTITY_TIMEOUT_S = 600  # a worker's start and vLLM's import, on a busy cluster
 
 
-def _engine_identity(model: str, revision: str | None, dtype: str, engine_args: dict) -> dict:
-    """On a replica's node: where the weights are (a missing model is its one
-    line), and the (fingerprint, dtype) a replica's engine will have."""
+def _engine_identity(model: str, revision: str | None, dtype: str, engine_args: dict) -> tuple[str, str]:
+    """On a replica's node: where the weights are (a missing model raises its
+    one-line error, which reaches the driver whole), and the (fingerprint,
+    dtype) a replica's engine will have."""
     from .backends.transformers_backend import locate_model
     from .backends.vllm_backend import engine_identity
 
-    try:
-        locate_model(model, revision)
-        fingerprint, resolved = engine_identity(model, revision=revision, dtype=dtype, **engine_args)
-    except SpatialRewardError as exc:
-        return {"error": [type(exc).__name__, str(exc)]}
-    return {"fingerprint": fingerprint, "dtype": resolved}
-
-
-def _error_classes() -> dict:
-    from . import errors
-
-    return {name: cls for name, cls in vars(errors).items()
-            if isinstance(cls, type) and issubclass(cls, SpatialRewardError)}
+    locate_model(model, revision)
+    return engine_identity(model, revision=revision, dtype=dtype, **engine_args)
 
 
 def _init_ray(address: str | None):
