@@ -57,6 +57,33 @@ def test_chars_per_token_is_measured_and_capped():
     assert bounds_for(512, 1.0).sc_reasoning_chars < bounds_for(512).sc_reasoning_chars
 
 
+def test_a_local_tokenizer_is_measured_without_transformers(tiny_model, tmp_path):
+    """An OpenAI-compatible client measures the model's tokenizer when it is
+    here (a folder, or the hub cache) exactly as the transformers path does, and
+    takes Qwen's figure for a model that is not, importing neither torch nor
+    transformers for either (a --backend openai or --ray driver starts in a second)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    expected = chars_per_token_of(AutoTokenizer.from_pretrained(tiny_model))
+    assert expected < CHARS_PER_TOKEN  # the tiny byte-level vocabulary: a figure of its own
+    repo = tmp_path / "hf" / "hub" / "models--acme--tiny"
+    shutil.copytree(tiny_model, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    code = ("import json, sys\nfrom spatialreward.structured import local_chars_per_token as f\n"
+            "print(json.dumps([f(sys.argv[1]), f('acme/tiny'), f('SpatialReward/SpatialReward-8B'), f(sys.argv[2]),"
+            " sorted(m for m in ('torch', 'transformers') if m in sys.modules)]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tiny_model), str(tmp_path / "nope")], capture_output=True,
+                          text=True, env={**os.environ, "HF_HOME": str(tmp_path / "hf")}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [expected, expected, CHARS_PER_TOKEN, CHARS_PER_TOKEN, []]
+
+
 def test_keys_in_the_trained_order():
     b = bounds_for(512)
     sc = sc_schema(b)

@@ -60,6 +60,7 @@ import functools
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from .constants import BBOX_RANGE, SCORE_RANGE
 
@@ -117,14 +118,41 @@ def local_chars_per_token(model: str, revision: str | None = None) -> float:
     """``chars_per_token_of`` the model's tokenizer when it is on this machine (a
     folder, or the Hugging Face cache), for engines that tokenize elsewhere, so
     their grammar is the transformers path's; else ``CHARS_PER_TOKEN`` (what
-    Qwen's tokenizer gives, capped)."""
+    Qwen's tokenizer gives, capped). A ``tokenizer.json`` is read with the
+    ``tokenizers`` library alone (the same token ids as transformers' fast
+    tokenizer): an OpenAI-compatible client imports neither torch nor transformers."""
+    found = _local_file(model, revision, "tokenizer.json")
+    if found:
+        try:
+            from tokenizers import Tokenizer
+
+            return chars_per_token_of(Tokenizer.from_file(found))
+        except Exception:  # noqa: BLE001 - a file tokenizers cannot read: transformers may
+            pass
+    if not _local_file(model, revision, "tokenizer_config.json"):
+        return CHARS_PER_TOKEN  # not here: Qwen's own figure, without importing transformers
     try:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not here: the default is Qwen's own figure
+    except Exception:  # noqa: BLE001 - not loadable here: the default is Qwen's own figure
         return CHARS_PER_TOKEN
     return chars_per_token_of(tokenizer)
+
+
+def _local_file(model: str, revision: str | None, name: str) -> str | None:
+    """``name`` of ``model`` on this machine: in the folder, or in the Hugging
+    Face cache for a hub id (no network); else None."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return str(folder / name) if (folder / name).is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, name, revision=revision)
+    except Exception:  # noqa: BLE001 - not a hub id either
+        return None
+    return cached if isinstance(cached, str) else None
 
 
 def _string(max_chars: int) -> dict:
