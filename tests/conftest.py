@@ -26,25 +26,30 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="spatialreward-hf-home-")
 
 # -- the fast default and the full run ------------------------------------------
 # `python -m pytest tests` runs the fast default: everything but the tests marked
-# `engine` (a real vLLM server or engine), `browser` (headless Chromium) or `slow`
-# (a whole tool installed or several model loads in one test). `--full` runs
-# everything, as .ci/run does.
-FULL_ONLY = ("engine", "browser", "slow")
+# `engine` (a real vLLM server or engine) or `browser` (headless Chromium), on
+# every core (pytest-xdist, `-n auto` in pyproject.toml). `--full` runs everything,
+# as .ci/run does. `-m "not slow"` leaves out the end-to-end runs that load the
+# tiny model in a process of their own or start Ray too: the quickest loop.
+FULL_ONLY = ("engine", "browser")
 
 
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true", default=False,
-                     help="also run the engine, browser and slow tests (what .ci/run runs)")
+                     help="also run the engine and browser tests (what .ci/run runs)")
 
 
 def pytest_configure(config):
-    for marker, what in (("engine", "needs the CPU vLLM environment (a real vLLM server or engine)"),
-                         ("browser", "drives headless Chromium"),
-                         ("slow", "installs a tool or loads a model several times: --full only")):
+    for marker, what in (("engine", "needs the CPU vLLM environment (a real vLLM server or engine): --full only"),
+                         ("browser", "drives headless Chromium: --full only"),
+                         ("slow", "installs a tool, starts Ray or loads the tiny model in processes of its own")):
         config.addinivalue_line("markers", f"{marker}: {what}")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("engine"):
+            item.add_marker(pytest.mark.xdist_group("vllm"))  # one worker, one CPU vLLM server
     if config.getoption("--full"):
         return
     kept, skipped = [], []

@@ -365,8 +365,8 @@ def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(photos, tiny_
     pairs = [("coffee.png", "coffee_red_square.png"), ("astronaut.png", "astronaut_mirror.png"),
              ("coffee.png", "coffee_blur.png")]
     rows = [{"id": f"e{i:02d}", "source": pairs[i % 3][0], "edited": pairs[i % 3][1], "instruction": f"edit number {i}"}
-            for i in range(10)]
-    rows.insert(4, {"id": "grp", "source": "coffee.png", "edited": ["coffee_gray.jpg", "coffee_blur.png"],
+            for i in range(6)]
+    rows.insert(3, {"id": "grp", "source": "coffee.png", "edited": ["coffee_gray.jpg", "coffee_blur.png"],
                     "instruction": "Make it gray"})
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
     args = [manifest, "--model", tiny_model, "--structured", "always", "--batch-size", "1", *FAST]
@@ -380,7 +380,7 @@ def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(photos, tiny_
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     lines_at_kill = killed.read_bytes().count(b"\n")
-    assert 3 <= lines_at_kill < 12, "the run should be killed midway"
+    assert 3 <= lines_at_kill < 8, "the run should be killed midway"
     with killed.open("ab") as handle:  # a torn record, as if killed inside a write
         handle.write(b'{"id": "e99", "status": "ok", "rew')
 
@@ -391,7 +391,7 @@ def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(photos, tiny_
     reference = tmp_path / "reference.jsonl"
     assert run_cli("judge", *args, "-o", reference, "-q").returncode == 0
     got, want = read_jsonl(killed), read_jsonl(reference)
-    assert [r["id"] for r in got] == [r["id"] for r in want]  # all 12, once each, in manifest order
-    assert len({r["id"] for r in got}) == 12
+    assert [r["id"] for r in got] == [r["id"] for r in want]  # all 8, once each, in manifest order
+    assert len({r["id"] for r in got}) == 8
     for a, b in zip(got, want):
         assert (a["reward"], a["raw"], a.get("rank")) == (b["reward"], b["raw"], b.get("rank"))

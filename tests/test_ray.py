@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.xdist_group("ray")  # one worker, one local Ray for the module
 
 ray = pytest.importorskip("ray", reason="Ray Data is not installed (pip install 'spatialreward[ray]')")
 pytest.importorskip("ray.data.llm", reason="ray.data.llm is not available in this Ray")
@@ -77,6 +80,7 @@ def manifest(tmp_path_factory) -> Path:
         {"source": ["a.png", "c.png"], "edited": "b.png", "instruction": "Merge the two"},  # 3 images: refused (400)
         {"id": "e1", "source": "a.png", "edited": "c.png", "instruction": "a duplicate id"},
         {"id": 7, "edited": "c.png", "instruction": "no source"},
+        *({"id": f"k{n}", "source": "a.png", "edited": "b.png", "instruction": f"Edit {n:02d} of twelve"} for n in range(12)),
     ])
 
 
@@ -89,15 +93,43 @@ def reference(fake, manifest, tmp_path_factory) -> list[str]:
     return out.read_text(encoding="utf-8").splitlines()
 
 
-@pytest.mark.slow  # a local Ray instance and Ray Data pipelines: --full
-def test_cli_ray_writes_the_same_records_byte_for_byte(local_ray, fake, manifest, reference, tmp_path):
+@pytest.mark.slow  # a local Ray instance and Ray Data pipelines
+def test_cli_ray_killed_and_resumed_writes_the_same_records_byte_for_byte(local_ray, fake, manifest, reference,
+                                                                          tmp_path):
+    """A driver killed (-9) once a shard is written, then the same command: every
+    edit exactly once, the shards' edits not judged again, and the results file
+    equal to the single-process run's byte for byte (repairs, bad images, engine
+    refusals, groups); then a resume with nothing left, and --retry-errors."""
     out = tmp_path / "s.jsonl"
-    proc = run_cli("judge", manifest, "-o", out, "--backend", "openai", "--base-url", fake.url, *SERVED,
-                   "--ray", "--ray-address", local_ray, "--replicas", "2")
+    args = [spatialreward_exe(), "judge", str(manifest), "-o", str(out), "--backend", "openai", "--base-url",
+            fake.url, *SERVED, "--ray", "--ray-address", local_ray, "--replicas", "1"]
+    fake.delay_s = 0.15
+    try:
+        driver = subprocess.Popen([*args, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        shards = tmp_path / "s.jsonl.ray"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None:
+            if shards.is_dir() and any(shards.glob("shard-*.jsonl")):
+                break
+            time.sleep(0.05)
+        assert driver.poll() is None, "the run finished before any shard was seen: " + driver.stderr.read().decode()
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        fake.delay_s = 0.0
+    sent = len(fake.chat_requests())
+    in_shards = {json.loads(line)["instruction"] for shard in shards.glob("shard-*.jsonl")
+                 for line in shard.read_text(encoding="utf-8").splitlines()}
+    assert in_shards
+
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text(encoding="utf-8").splitlines() == reference
-    assert "ray: 8/8 edits judged" in proc.stderr
-    assert not (tmp_path / "s.jsonl.ray").exists()  # merged and cleaned up
+    judged = re.findall(r"ray: (\d+)/(\d+) edits judged", proc.stderr)
+    assert judged and judged[-1][0] == judged[-1][1] and 0 < int(judged[-1][0]) < 20, proc.stderr  # the rest only
+    asked = [body["messages"][0]["content"][-1].get("text", "") for body in fake.chat_requests()[sent:]]
+    assert not [i for i in in_shards if any(i in text for text in asked)]  # the shards' edits not judged again
+    assert not shards.exists()  # merged and cleaned up
     records = {r["id"]: r for r in map(json.loads, reference)}
     assert records["rep"]["status"] == "ok" and records["rep"]["repaired"]  # the repair path ran
     assert records["e2"]["error"]["stage"] == "input"  # a bad image
@@ -105,19 +137,17 @@ def test_cli_ray_writes_the_same_records_byte_for_byte(local_ray, fake, manifest
     assert "refused the request" in derived["error"]["message"]  # an engine failure, in the judge's own words
     assert [records[f"g#{k}"]["rank"] for k in (0, 1)] == [1, 1]
 
-    again = run_cli("judge", manifest, "-o", out, "--backend", "openai", "--base-url", fake.url, *SERVED,
-                    "--ray", "--ray-address", local_ray)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert "resumed: 8 edits already" in again.stderr
+    assert "resumed: 20 edits already" in again.stderr
     assert out.read_text(encoding="utf-8").splitlines() == reference
 
-    retried = run_cli("judge", manifest, "-o", out, "--backend", "openai", "--base-url", fake.url, *SERVED,
-                      "--ray", "--ray-address", local_ray, "--retry-errors", "-q")
+    retried = subprocess.run([*args, "--retry-errors", "-q"], capture_output=True, text=True, timeout=300)
     assert retried.returncode == 0, retried.stderr
     assert sorted(out.read_text(encoding="utf-8").splitlines()) == sorted(reference)
 
 
-@pytest.mark.slow  # a local Ray instance and Ray Data pipelines: --full
+@pytest.mark.slow  # a local Ray instance and Ray Data pipelines
 def test_judge_dataset_gives_the_same_records(local_ray, fake, manifest, reference):
     from spatialreward.ray import judge_dataset
 
@@ -142,42 +172,7 @@ def test_judge_dataset_gives_the_same_records(local_ray, fake, manifest, referen
     assert got == want
 
 
-@pytest.mark.slow  # a local Ray instance and Ray Data pipelines: --full
-def test_a_killed_driver_resumes_and_writes_every_edit_once(local_ray, manifest, tmp_path):
-    slow = FakeOpenAI(delay_s=0.15).start()
-    try:
-        rows = [{"id": f"k{n}", "source": str(manifest.parent / "a.png"), "edited": str(manifest.parent / "b.png"),
-                 "instruction": f"Edit {n}"} for n in range(16)]
-        rows.insert(5, {"id": "kg", "source": str(manifest.parent / "a.png"),
-                        "edited": [str(manifest.parent / "b.png"), str(manifest.parent / "c.png")],
-                        "instruction": "Group"})
-        big = write_jsonl(tmp_path / "big.jsonl", rows)
-        out = tmp_path / "s.jsonl"
-        args = [spatialreward_exe(), "judge", str(big), "-o", str(out), "--backend", "openai", "--base-url",
-                slow.url, *SERVED, "--ray", "--ray-address", local_ray, "--replicas", "1", "-q"]
-        driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        shards = tmp_path / "s.jsonl.ray"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and driver.poll() is None:
-            if shards.is_dir() and any(shards.glob("shard-*.jsonl")):
-                break
-            time.sleep(0.05)
-        assert driver.poll() is None, "the run finished before any shard was seen: " + driver.stderr.read().decode()
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
-        sent = len(slow.chat_requests())
-
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        ids = [r["id"] for r in read_jsonl(out)]
-        assert sorted(ids) == sorted([f"k{n}" for n in range(16)] + ["kg#0", "kg#1"])  # each exactly once
-        assert all(r["status"] == "ok" for r in read_jsonl(out))
-        assert len(slow.chat_requests()) < sent + 2 * 18  # the shards' edits were not judged again
-    finally:
-        slow.stop()
-
-
-@pytest.mark.slow  # a local Ray instance: --full
+@pytest.mark.slow  # a local Ray instance
 def test_ray_vllm_replicas_say_a_missing_model_in_one_line(local_ray, manifest, tmp_path):
     """The weights are looked for on a replica's node (a Ray task; a cluster's
     head need not hold them): a missing folder is the judge's own one line and
@@ -211,22 +206,23 @@ sray.judge_rows = broken
 spec = sray.RaySpec(urls=("http://127.0.0.1:9/v1",), served_model="m", model="m", judge_hash="j",
                     config_hash="c", generation=Generation(), aggregation=Aggregation(), protocol="eval")
 try:
-    sray._judge_into_shards([{"_seq": [0, 0], "_sample": "{}"}], spec, pathlib.Path(sys.argv[1]), None, None)
+    sray._judge_into_shards([{"_seq": [0, 0], "_sample": "{}"}], spec, pathlib.Path(sys.argv[1]), sys.argv[2], None)
 except sray.EngineError as exc:
     print(exc, file=sys.stderr)
     sys.exit(3)
 """
 
 
-@pytest.mark.slow  # starts a local Ray of its own: --full
-def test_a_stage_that_cannot_go_on_is_one_line_and_the_run_resumable(tmp_path):
+@pytest.mark.slow  # a driver of its own on the local Ray
+def test_a_stage_that_cannot_go_on_is_one_line_and_the_run_resumable(local_ray, tmp_path):
     """A stage that raises (a replica that cannot start, a worker's bug) stops
     the run with one line naming the worker's exception and saying how to
     resume; Ray Data's own error and traceback lines stay off the console
     (they are in Ray's logs)."""
     script = tmp_path / "failing_run.py"
     script.write_text(FAILING_RUN)
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), local_ray], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 3, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("the Ray run stopped after 0 of 1 edits: ValueError: the replica cannot start: "
