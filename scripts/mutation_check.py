@@ -98,7 +98,8 @@ def run_tests(root: Path, tests: list[str]) -> tuple[int, float, str]:
     env = {**os.environ, "PYTHONPATH": str(root / "cli") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+        # one process (-n 0): -x stops at the first failure, and a caught mutation exits 1
+        [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *tests],
         cwd=root, env=env, capture_output=True, text=True,
     )
     last = (proc.stdout.strip().splitlines() or [""])[-1]
