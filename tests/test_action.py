@@ -38,7 +38,7 @@ import yaml
 from conftest import REPO, read_jsonl, write_jsonl
 from gha_runner import CompositeRunner, parse_output_file, path_without_command
 
-pytestmark = pytest.mark.slow  # installs the package and runs the Actions: --full only (tests/conftest.py)
+pytestmark = pytest.mark.slow  # installs the package and runs the Actions (-m "not slow" leaves it out)
 
 
 ACTION_FILES = {

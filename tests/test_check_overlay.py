@@ -98,7 +98,7 @@ def test_verdict_lines_show_scores_regions_and_errors():
     assert "ERROR (parse): no JSON" in "\n".join(verdict_lines(error, 0.5))
 
 
-@pytest.mark.slow  # the tiny model through the installed command: --full only
+@pytest.mark.slow  # the tiny model through the installed command (-m "not slow" leaves it out)
 def test_check_command_end_to_end(photos, tiny_model, tmp_path):
     args = ["check", photos["coffee"], photos["coffee_red_square"], "Add a red square",
             "--model", tiny_model, "--structured", "always", *FAST]

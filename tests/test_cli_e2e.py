@@ -16,7 +16,7 @@ import pytest
 
 from conftest import FAST, read_jsonl, run_cli, spatialreward_exe, write_jsonl
 
-pytestmark = pytest.mark.slow  # the installed command on the tiny model, end to end, many runs: --full only (tests/conftest.py)
+pytestmark = pytest.mark.slow  # the installed command on the tiny model, end to end, many runs (-m "not slow" leaves it out)
 
 
 DIMS = ("success", "overediting", "naturalness", "artifacts")

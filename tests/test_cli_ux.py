@@ -122,7 +122,7 @@ def test_ctrl_c_exits_130_and_the_same_command_resumes(images):
 
 
 @pytest.mark.parametrize("structured", ["always", "off"])
-@pytest.mark.slow  # two runs of the tiny model: --full only
+@pytest.mark.slow  # two runs of the tiny model (-m "not slow" leaves it out)
 def test_ctrl_c_on_the_real_model_exits_130_without_an_abort(images, tiny_model, structured):
     """The transformers backend (native threads: torch, xgrammar) on the tiny
     model: SIGINT once a record is written gives exit 130, no 'terminate called'

@@ -274,7 +274,7 @@ def test_outside_github_nothing_is_written_but_summary_md(tmp_path):
     assert "✅ spatialreward gate: PASS" in md.read_text()
 
 
-@pytest.mark.slow  # the tiny model through the installed command: --full only
+@pytest.mark.slow  # the tiny model through the installed command (-m "not slow" leaves it out)
 def test_gate_on_a_real_judged_run(tmp_path, tiny_model, photos):
     manifest = write_jsonl(tmp_path / "m.jsonl", [
         {"id": "one", "source": str(photos["coffee"]), "edited": str(photos["coffee_blur"]), "instruction": "Blur it"},

@@ -47,7 +47,7 @@ def test_unreachable_hub_fails_within_seconds(manifest, tmp_path):
     assert "is not in the local Hugging Face cache" in lines[0] and "hf download SpatialReward/SpatialReward-8B" in lines[0]
 
 
-@pytest.mark.slow  # waits for a timeout: --full only
+@pytest.mark.slow  # waits for a timeout (-m "not slow" leaves it out)
 def test_silent_hub_times_out_within_seconds(manifest, tmp_path):
     """A hub that accepts the connection but never answers."""
     server = socket.socket()

@@ -85,7 +85,7 @@ def test_try_it_section_follows_the_install_section():
     assert README.index(TRY_BEGIN) > README.index("## Try it without the 8B model")
 
 
-@pytest.mark.slow  # the README's commands on a fresh copy: --full only
+@pytest.mark.slow  # the README's commands on a fresh copy (-m "not slow" leaves it out)
 def test_try_it_commands_run_as_written(tmp_path):
     """The README's commands, run from a clean copy of the repository's
     examples/, with the tiny model: every edit judged ok, in bounded time."""

@@ -442,7 +442,7 @@ def test_ordering_under_load_many_clients_thousands_of_items(echo_server):
 
 # -- the tiny transformers model -------------------------------------------------------------
 
-@pytest.mark.slow  # the tiny model behind a real server: --full only
+@pytest.mark.slow  # the tiny model behind a real server (-m "not slow" leaves it out)
 def test_tiny_model_server(tiny_model, photos, tmp_path):
     server = start(tmp_path, None, *FAST, model_args=["--backend", "transformers", "--model", str(tiny_model)])
     try:
