@@ -50,6 +50,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("engine"):
             item.add_marker(pytest.mark.xdist_group("vllm"))  # one worker, one CPU vLLM server
+        elif "local_ray" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))  # one worker, one local Ray (tests/test_ray.py)
     if config.getoption("--full"):
         return
     kept, skipped = [], []

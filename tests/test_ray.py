@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.xdist_group("ray")  # one worker, one local Ray for the module
-
 ray = pytest.importorskip("ray", reason="Ray Data is not installed (pip install 'spatialreward[ray]')")
 pytest.importorskip("ray.data.llm", reason="ray.data.llm is not available in this Ray")
 pytest.importorskip("aiohttp", reason="aiohttp is not installed (pip install 'spatialreward[ray]')")
