@@ -25,7 +25,7 @@ pytest.importorskip("aiohttp", reason="aiohttp is not installed (pip install 'sp
 
 from PIL import Image  # noqa: E402
 
-from conftest import read_jsonl, run_cli, spatialreward_exe, write_jsonl  # noqa: E402
+from conftest import run_cli, spatialreward_exe, write_jsonl  # noqa: E402
 from fake_openai import FakeOpenAI  # noqa: E402
 
 SERVED = ["--served-model", "served-model"]
