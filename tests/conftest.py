@@ -23,6 +23,15 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="spatialreward-hf-home-")
 
+# One torch (OpenMP) thread per process unless the caller says otherwise: the suite
+# runs a worker per core (pytest-xdist), each starting tiny-model commands, and N
+# processes each spinning N threads on N cores burn a quarter to a third more CPU
+# for the same answers (two tiny-model judges at once on two cores: 11-12 CPU-s
+# with one thread each, 13-17 s with two). Inherited by every command a test
+# starts; the Ctrl-C tests give theirs the default threads back (native threads
+# at exit are what they check).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 # -- the fast default and the full run ------------------------------------------
 # `python -m pytest tests` runs the fast default: everything but the tests marked
@@ -31,6 +40,10 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="spatialreward-hf-home-")
 # as .ci/run does. `-m "not slow"` leaves out the end-to-end runs that load the
 # tiny model in a process of their own or start Ray too: the quickest loop.
 FULL_ONLY = ("engine", "browser")
+# Modules whose module-scoped fixtures run the tiny model (test_cli_e2e's `judged`,
+# test_action's `passing`): a fixture runs once per worker that runs its tests,
+# so each module stays on one worker and its runs happen once.
+SHARED_RUNS = ("test_cli_e2e.py", "test_action.py")
 
 
 def pytest_addoption(parser):
@@ -52,6 +65,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("vllm"))  # one worker, one CPU vLLM server
         elif "local_ray" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("ray"))  # one worker, one local Ray (tests/test_ray.py)
+        elif item.path.name in SHARED_RUNS:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))  # its module fixtures' runs, once
     if config.getoption("--full"):
         return
     kept, skipped = [], []
@@ -143,6 +158,15 @@ def run_cli(*args, input: str | None = None, cwd=None, timeout: int = 600, env: 
         [spatialreward_exe(), *map(str, args)],
         input=input, capture_output=True, text=True, cwd=cwd, timeout=timeout, env=full_env,
     )
+
+
+def default_sigint() -> None:
+    """For a command a test interrupts (``preexec_fn``): Ctrl-C as a terminal
+    delivers it, also when pytest runs in the background of a script, whose
+    children start with SIGINT ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # Generation flags that keep the tiny model fast on a CPU.

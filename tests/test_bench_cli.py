@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import bench_fixtures as bf
-from conftest import FAST, read_jsonl, spatialreward_exe
+from conftest import FAST, default_sigint, read_jsonl, spatialreward_exe
 from spatialreward.commands import main
 
 
@@ -379,7 +379,8 @@ def test_resume_after_interruption(data, tmp_path):
     out = tmp_path / "run"
     argv = [spatialreward_exe(), "bench", "mer-bench", "--data", str(data["mer_disk"]), "-o", str(out),
             "--backend", "scripted", "--model", str(slow), "--batch-size", "1"]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
     scores = out / "scores.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (scores.is_file() and len(scores.read_text().splitlines()) >= 2):

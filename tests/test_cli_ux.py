@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl, run_cli, spatialreward_exe, write_jsonl
+from conftest import default_sigint, read_jsonl, run_cli, spatialreward_exe, write_jsonl
 
 
 @pytest.fixture
@@ -81,11 +81,17 @@ def test_check_refuses_bad_inputs_before_loading_any_model(case, images, tmp_pat
 # -- Ctrl-C ----------------------------------------------------------------------
 
 
+def user_env() -> dict:
+    """The environment a user's shell gives: torch's default threads (the suite
+    sets one per process; native threads at exit are what these tests check)."""
+    return {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+
+
 def _interrupt_after_first_record(args: list[str], output: Path | None) -> tuple[int, str, str]:
     """Start `spatialreward judge ARGS`, send SIGINT once a record is written
     (to ``output``, or to stdout)."""
     proc = subprocess.Popen([spatialreward_exe(), "judge", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=user_env(), preexec_fn=default_sigint)
     first = ""
     try:
         if output is None:
@@ -136,7 +142,7 @@ def test_ctrl_c_on_the_real_model_exits_130_without_an_abort(images, tiny_model,
     assert "terminate called" not in stderr and "Aborted" not in stderr and "Traceback" not in stderr
     written = out.read_text().splitlines()
     assert written and all(json.loads(line)["id"].startswith("e") for line in written)  # no torn line
-    again = run_cli("judge", *args)
+    again = run_cli("judge", *args, env=user_env())
     assert again.returncode == 0, again.stderr
     assert sorted(r["id"] for r in read_jsonl(out)) == [f"e{i:02d}" for i in range(5)]
 
