@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -76,3 +78,50 @@ def test_resumed_sampled_run_equals_an_uninterrupted_one(tiny_model, photos):
     assert resumed == whole
     raws = [(r["raw"]["sc"], r["raw"]["pq"]) for r in whole]
     assert len(set(raws)) == len(raws)  # sampling really drew different answers
+
+
+def test_the_hash_before_loading_is_the_loaded_judges(judge, tiny_model):
+    """What a resumed run checks its results file against before any model
+    loads (the backend's identity) is exactly what the loaded judge writes."""
+    from spatialreward.judge import identity_before_load
+
+    assert identity_before_load(judge.config, device="cpu") == (judge.judge_hash, judge.config_hash)
+    assert identity_before_load(judge.config, device="cpu", dtype="bfloat16")[0] != judge.judge_hash
+    with pytest.raises(Exception, match="does not exist"):
+        identity_before_load(judge.config.__class__(model=str(tiny_model / "nope")), device="cpu")
+
+
+def test_a_resumed_run_loads_the_model_only_for_edits_left(judge, photos, tmp_path):
+    """runner.run over a DeferredJudge: a finished results file is summarised
+    and another config's is refused without loading; one edit left loads once;
+    a loaded judge that is not the announced one is refused."""
+    from spatialreward.config import with_overrides
+    from spatialreward.errors import OutputConflictError, SpatialRewardError
+    from spatialreward.judge import identity_before_load
+    from spatialreward.runner import DeferredJudge, run
+
+    def samples(n):
+        return [Sample(id=f"d{i}", source=photos["coffee"], edited=photos["coffee_red_square"],
+                       instruction=f"edit {i}") for i in range(n)]
+
+    out = tmp_path / "s.jsonl"
+    run(judge, samples(2), out)
+    before = out.read_bytes()
+    loads = []
+
+    def deferred(config, loaded=judge):
+        return DeferredJudge(lambda: loads.append(1) or loaded, config, identity_before_load(config, device="cpu"))
+
+    report = run(deferred(judge.config), samples(2), out)
+    assert loads == [] and report.skipped == 2 and report.written == 0 and out.read_bytes() == before
+    assert report.summary["ok"] == 2
+    with pytest.raises(OutputConflictError, match="recorded under config"):
+        run(deferred(with_overrides(judge.config, {"aggregation": {"alpha": 0.5}})), samples(2), out)
+    assert loads == [] and out.read_bytes() == before
+    report = run(deferred(judge.config), samples(3), out)
+    assert loads == [1] and report.skipped == 2 and report.written == 1
+    assert [r["id"] for r in map(json.loads, out.read_text().splitlines())] == ["d0", "d1", "d2"]
+    other = SimpleNamespace(judge_hash="0" * 16, config_hash=judge.config_hash)
+    with pytest.raises(SpatialRewardError, match="internal error"):
+        run(DeferredJudge(lambda: other, judge.config, identity_before_load(judge.config, device="cpu")),
+            samples(4), out)

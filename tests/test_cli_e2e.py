@@ -132,6 +132,7 @@ def test_rerun_resumes_without_judging_again(judged, manifest, tiny_model):
     assert again.returncode == 0, again.stderr
     assert out.read_bytes() == before
     assert "5 edits already in" in again.stderr
+    assert "loading model" not in again.stderr  # nothing left to judge: the model is not loaded
 
 
 def test_rescore_equals_the_formulas(judged, tmp_path):
@@ -354,6 +355,7 @@ def test_output_from_another_config_is_not_mixed(judged, manifest, tiny_model, t
                      "--aggregation", "mean", *FAST)
     assert result.returncode == 3
     assert "--overwrite" in result.stderr and f"{copy}:1" in result.stderr
+    assert "loading model" not in result.stderr  # refused before the model loads
     assert copy.read_bytes() == out.read_bytes()
 
 

@@ -511,6 +511,21 @@ def judge_identity(config: JudgeConfig, *, dtype: str, fingerprint: str | None) 
     return judge_hash, config_hash(judge_hash, config.aggregation, config.t2i if is_t2i(config.protocol) else None)
 
 
+def identity_before_load(config: JudgeConfig, *, backend: str = "transformers", device: str = "auto",
+                         dtype: str = "auto", backend_options: dict | None = None) -> tuple[str, str] | None:
+    """(judge hash, config hash) of ``Judge.from_pretrained(config=config, ...)``
+    before the model loads, from the backend's ``identity`` (its weights
+    fingerprint and resolved dtype, found without loading the weights); None for
+    a backend that cannot say them first. It raises what ``load`` would for a
+    missing model or an unusable device."""
+    identity = getattr(backend_class(backend), "identity", None)
+    if identity is None:
+        return None
+    fingerprint, resolved = identity(config.model, revision=config.revision, device=device, dtype=dtype,
+                                     **(backend_options or {}))
+    return judge_identity(config, dtype=resolved, fingerprint=fingerprint)
+
+
 def finish_result(result: JudgeResult, outcomes, aggregation) -> JudgeResult:
     """An edit's result from its (kind, Judgment or SampleError) outcomes, in pass
     and SC-PQ order: the first error, else the passes' mean scores and the reward.

@@ -5,13 +5,15 @@ Used by ``spatialreward judge``; usable from Python too (``run``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .errors import StrictStop
+from .config import JudgeConfig
+from .errors import SpatialRewardError, StrictStop
 from .judge import Judge
 from .output import RecordWriter, ResumeState, exclusive, prepare, summary_path, write_atomic
 from .records import rank_group
@@ -31,8 +33,39 @@ class RunReport:
     summary_file: Path | None
 
 
+class DeferredJudge:
+    """A Judge loaded when the first edit left to judge arrives.
+
+    ``run`` needs only the config hash before judging (to check a results file
+    it resumes) and the config; ``identity`` (``judge.identity_before_load``)
+    gives the hash without the model. So a finished run, or a file of another
+    config, answers in seconds rather than after a model load."""
+
+    def __init__(self, load: Callable[[], Judge], config: JudgeConfig, identity: tuple[str, str]):
+        self._load = load
+        self.config = config
+        self.judge_hash, self.config_hash = identity
+        self.loaded: Judge | None = None
+
+    def score_many(self, samples: Iterable[Sample]) -> Iterator:
+        iterator = iter(samples)
+        for first in iterator:  # only when there is an edit to judge
+            yield from self.load().score_many(itertools.chain([first], iterator))
+            return
+
+    def load(self) -> Judge:
+        if self.loaded is None:
+            judge = self._load()
+            if (judge.judge_hash, judge.config_hash) != (self.judge_hash, self.config_hash):
+                raise SpatialRewardError(
+                    f"internal error: the loaded judge's hash {judge.judge_hash} is not the {self.judge_hash} its "
+                    f"backend announced before loading; please report it (judge with --overwrite meanwhile)")
+            self.loaded = judge
+        return self.loaded
+
+
 def run(
-    judge: Judge,
+    judge: Judge | DeferredJudge,
     samples: Iterable[Sample],
     output: Path | None,
     *,
@@ -56,7 +89,7 @@ def run(
         return _run(judge, samples, output, **options)
 
 
-def _run(judge: Judge, samples: Iterable[Sample], output: Path | None, *, overwrite: bool, retry_errors: bool,
+def _run(judge: Judge | DeferredJudge, samples: Iterable[Sample], output: Path | None, *, overwrite: bool, retry_errors: bool,
          strict: bool, on_record: Callable[[dict], None] | None,
          on_skip: Callable[[Sample], None] | None) -> RunReport:
     resume = ResumeState()

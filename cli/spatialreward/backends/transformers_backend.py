@@ -149,6 +149,14 @@ class TransformersBackend:
         self._compiler = None
 
     @classmethod
+    def identity(cls, model: str, *, revision: str | None = None, device: str = "auto", dtype: str = "auto",
+                 **_options) -> tuple[str, str]:
+        """(weights fingerprint, dtype) of the backend ``load`` gives, without
+        loading the weights: a resumed run checks its results file first."""
+        locate_model(model, revision)
+        return model_fingerprint(model, revision), resolve_dtype(dtype, resolve_device(device))[1]
+
+    @classmethod
     def load(cls, model: str, *, revision: str | None = None, device: str = "auto", dtype: str = "auto",
              generation: Generation | None = None) -> "TransformersBackend":
         local_only = locate_model(model, revision)  # first: a missing model is said in seconds
