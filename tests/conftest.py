@@ -52,6 +52,8 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist") and config.getvalue("dist") == "loadgroup":
+        config.pluginmanager.register(_GroupsTook(), "spatialreward-groups-took")  # the controller's
     for marker, what in (("engine", "needs the CPU vLLM environment (a real vLLM server or engine): --full only"),
                          ("browser", "drives headless Chromium: --full only"),
                          ("slow", "installs a tool, starts Ray or loads the tiny model in processes of its own")):
@@ -75,6 +77,19 @@ def pytest_collection_modifyitems(config, items):
     if skipped:
         config.hook.pytest_deselected(items=skipped)
         items[:] = kept
+
+
+class _GroupsTook:
+    """Under --dist loadgroup each worker tags a grouped test's id with its
+    group, and the scheduler reads the tags. On a pytest where the tag does not
+    stick, every group would be spread over the workers (two vLLM servers, two
+    Rays, module fixtures run twice) without a word: stop and say it."""
+
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        grouped = [i for i in ids if i.split("::")[0].rsplit("/", 1)[-1] in SHARED_RUNS]
+        if grouped and not any("@" in i for i in grouped):
+            pytest.exit(f"pytest-xdist's --dist loadgroup does not group on this pytest ({grouped[0]} carries no "
+                        "@group tag): pip install 'pytest<9.2' (pytest-xdist#1386), or run with -n 0", returncode=4)
 
 
 @pytest.fixture(autouse=True)
