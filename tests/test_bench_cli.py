@@ -417,6 +417,12 @@ def test_tiny_model_end_to_end(data, tiny_model, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["overall"]["units"] == 1 and metrics["overall"]["judged"] == 1
     assert metrics["overall"]["exact_match"] == float(records[0]["reward"] > records[1]["reward"])
+    again = bench("mer-bench", "--data", data["mer_parquet"], "-o", out, "--split", "2pair", "--limit", "1",
+                  "--model", tiny_model, *FAST, "--structured", "always")
+    assert again.exit_code == 0, again.stderr
+    assert "resumed: 2 edits already in" in again.stderr
+    assert "loading model" not in again.stderr  # nothing left to judge: the model is not loaded
+    assert json.loads((out / "metrics.json").read_text()) == metrics
 
 
 def test_hub_id_without_the_hub_says_what_to_do(tmp_path):

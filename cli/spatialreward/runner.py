@@ -89,8 +89,8 @@ def run(
         return _run(judge, samples, output, **options)
 
 
-def _run(judge: Judge | DeferredJudge, samples: Iterable[Sample], output: Path | None, *, overwrite: bool, retry_errors: bool,
-         strict: bool, on_record: Callable[[dict], None] | None,
+def _run(judge: Judge | DeferredJudge, samples: Iterable[Sample], output: Path | None, *, overwrite: bool,
+         retry_errors: bool, strict: bool, on_record: Callable[[dict], None] | None,
          on_skip: Callable[[Sample], None] | None) -> RunReport:
     resume = ResumeState()
     if output is not None:

@@ -11,8 +11,8 @@ from ..output import exclusive, write_atomic
 from .judge import EXIT_INTERRUPTED
 from .options import (
     config_overrides,
+    judge_for_output,
     judge_options,
-    load_judge,
     pass_params,
     quiet_option,
 )
@@ -201,7 +201,7 @@ def _judge(params: dict, config, samples, scores: Path, quiet: bool) -> None:
         bar.record(record)
 
     try:
-        engine = load_judge(params, config)
+        engine = judge_for_output(params, config, scores)
         with progress(total=total, disable=quiet) as bar:
             report = run(engine, samples, scores, overwrite=params["overwrite"],
                          retry_errors=params["retry_errors"], on_record=on_record, on_skip=bar.skip)

@@ -14,8 +14,8 @@ from ..summary import render_table
 from .options import (
     backend_options,
     config_overrides,
+    judge_for_output,
     judge_options,
-    load_judge,
     pass_params,
     quiet_option,
 )
@@ -88,7 +88,7 @@ def judge(params: dict) -> None:
 
             report = _run_ray(params, config, output, counted)
         else:
-            engine = _judge_for(params, config, output)
+            engine = judge_for_output(params, config, output)
             with progress(total=total, disable=quiet) as bar:
                 report = run(
                     engine, samples, output,
@@ -123,22 +123,6 @@ def judge(params: dict) -> None:
         click.echo(errors.line(), err=True)
     if report.summary_file:
         click.echo(f"records: {output}  summary: {report.summary_file}", err=True)
-
-
-def _judge_for(params: dict, config, output: Path | None):
-    """The Judge of the run. Resuming a results file that holds records, the
-    model loads only once an edit is left to judge (the file is checked against
-    the judge's hash first, which the backend says without loading), so a
-    finished run or another config's file answers in seconds."""
-    if output is not None and not params["overwrite"] and output.is_file() and output.stat().st_size:
-        from ..judge import identity_before_load
-        from ..runner import DeferredJudge
-
-        identity = identity_before_load(config, backend=params["backend"], device=params["device"],
-                                        dtype=params["dtype"], backend_options=backend_options(params))
-        if identity is not None:
-            return DeferredJudge(lambda: load_judge(params, config), config, identity)
-    return load_judge(params, config)
 
 
 def _check_ray_flags(params: dict) -> None:

@@ -188,6 +188,23 @@ def load_judge(params: dict, config):
     return judge
 
 
+def judge_for_output(params: dict, config, output):
+    """The Judge of a run writing ``output`` (judge -o, bench's scores.jsonl).
+    Resuming a file that holds records, the model loads only once an edit is
+    left to judge: the file is checked against the judge's hash first, which the
+    backend says without loading (``identity``), so a finished run or another
+    config's file answers in seconds. Otherwise ``load_judge``."""
+    if output is not None and not params["overwrite"] and output.is_file() and output.stat().st_size:
+        from ..judge import identity_before_load
+        from ..runner import DeferredJudge
+
+        identity = identity_before_load(config, backend=params["backend"], device=params["device"],
+                                        dtype=params["dtype"], backend_options=backend_options(params))
+        if identity is not None:
+            return DeferredJudge(lambda: load_judge(params, config), config, identity)
+    return load_judge(params, config)
+
+
 # Everything a model-using command (judge, check, bench, serve) takes to build its Judge.
 judge_options = _compose(config_option, model_options, generation_options, aggregation_options, backend_option,
                          engine_options)
