@@ -106,7 +106,7 @@ def _no_model(monkeypatch):
     def refuse(*_, **__):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("spatialreward.commands.bench.load_judge", refuse)
+    monkeypatch.setattr("spatialreward.commands.options.load_judge", refuse)  # judge_for_output loads through it
 
 
 @pytest.mark.parametrize("source", ["bench/nope", "./nope", "nope", "a/b/c", "owner/name.parquet", "~/nope",
