@@ -29,7 +29,7 @@ EXTERNAL_FLAGS = {
     "--index-url", "--extra-index-url", "--no-build-isolation", "--no-deps", "--durations", "--head",
     "--address", "--num-cpus", "--num-gpus", "--quiet", "--upgrade",
     # pytest, with tests/conftest.py's switch
-    "--full", "--pdb",
+    "--full", "--pdb", "--dist",
     # hf download
     "--repo-type", "--local-dir",
     # python -m spatialreward.testing.random_model
