@@ -142,7 +142,7 @@ def test_ctrl_c_on_the_real_model_exits_130_without_an_abort(images, tiny_model,
     assert "terminate called" not in stderr and "Aborted" not in stderr and "Traceback" not in stderr
     written = out.read_text().splitlines()
     assert written and all(json.loads(line)["id"].startswith("e") for line in written)  # no torn line
-    again = run_cli("judge", *args, env=user_env())
+    again = run_cli("judge", *args)
     assert again.returncode == 0, again.stderr
     assert sorted(r["id"] for r in read_jsonl(out)) == [f"e{i:02d}" for i in range(5)]
 
